@@ -1,0 +1,3 @@
+from kubeslim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,482 @@
+"""The ModelOptimization spec: what to optimize and how.
+
+Every field carries a description, a default and bounds; the CRD's schema is
+generated from these models, so the text here is what `kubectl explain` shows.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from kubeslim.api.base import ApiModel
+
+Uri = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=1024,
+        description="A local path, a file:// URI or an s3://bucket/key URI.",
+    ),
+]
+ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Architecture(StrEnum):
+    """torchvision classification architectures kubeslim builds by name."""
+
+    resnet18 = "resnet18"
+    resnet34 = "resnet34"
+    resnet50 = "resnet50"
+    resnet101 = "resnet101"
+    resnext50_32x4d = "resnext50_32x4d"
+    wide_resnet50_2 = "wide_resnet50_2"
+    mobilenet_v2 = "mobilenet_v2"
+    mobilenet_v3_small = "mobilenet_v3_small"
+    mobilenet_v3_large = "mobilenet_v3_large"
+    googlenet = "googlenet"
+    densenet121 = "densenet121"
+    vgg11_bn = "vgg11_bn"
+    vgg16_bn = "vgg16_bn"
+    shufflenet_v2_x1_0 = "shufflenet_v2_x1_0"
+    mnasnet1_0 = "mnasnet1_0"
+    efficientnet_b0 = "efficientnet_b0"
+    regnet_y_400mf = "regnet_y_400mf"
+    squeezenet1_1 = "squeezenet1_1"
+
+
+class Stem(StrEnum):
+    """How the first layers treat the input resolution."""
+
+    default = "default"
+    small = "small"
+
+
+class ModelSpec(ApiModel):
+    """The trained model to optimize: a torchvision architecture or a Python entry point."""
+
+    architecture: Architecture | None = Field(
+        default=None,
+        description="architecture is a torchvision model built by name. Exactly one of "
+        "architecture and entryPoint is set.",
+    )
+    entry_point: str | None = Field(
+        default=None,
+        max_length=256,
+        description="entryPoint is 'module:function'; the function takes numClasses and "
+        "returns a torch.nn.Module. For models baked into a custom image.",
+    )
+    num_classes: int = Field(
+        default=1000, ge=2, le=100000, description="numClasses is the classifier's output size."
+    )
+    checkpoint: Uri | None = Field(
+        default=None,
+        description="checkpoint is a state_dict saved with torch.save, loaded with "
+        "weights_only=True (pickles that run code are refused). Empty means the "
+        "architecture's random initialisation, useful only for speed measurements.",
+    )
+    input_shape: list[int] = Field(
+        default=[3, 224, 224],
+        min_length=3,
+        max_length=3,
+        description="inputShape is [channels, height, width] of one input image. A channel "
+        "count other than 3 replaces the first convolution's input channels.",
+    )
+    stem: Stem = Field(
+        default=Stem.default,
+        description="stem 'small' adapts the first layers to small images (resnet: 3x3 stride-1 "
+        "conv1 and no max-pool; mobilenet_v2: stride-1 first conv), as in CIFAR-style models.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.architecture is None) == (self.entry_point is None):
+            raise ValueError("exactly one of architecture and entryPoint must be set")
+        if self.entry_point is not None and not ENTRY_POINT.match(self.entry_point):
+            raise ValueError("entryPoint must look like 'package.module:function'")
+        if any(d < 1 or d > 4096 for d in self.input_shape):
+            raise ValueError("inputShape entries must be between 1 and 4096")
+        return self
+
+
+class BuiltinDataset(StrEnum):
+    """Real datasets that install offline (see the README)."""
+
+    fashion_mnist = "fashion-mnist"
+    mnist = "mnist"
+    digits = "digits"
+
+
+class DatasetSpec(ApiModel):
+    """The data used to fine-tune, calibrate and measure accuracy."""
+
+    name: BuiltinDataset | None = Field(
+        default=None,
+        description="name selects a built-in dataset. Exactly one of name and uri is set.",
+    )
+    uri: Uri | None = Field(
+        default=None,
+        description="uri is an ImageFolder tree (one folder per class). With train/ and val/ "
+        "sub-folders those are the splits; otherwise validationFraction splits it.",
+    )
+    resize: int | None = Field(
+        default=None,
+        ge=4,
+        le=1024,
+        description="resize scales images to resize x resize; empty keeps inputShape's size.",
+    )
+    mean: list[float] = Field(
+        default=[0.5],
+        min_length=1,
+        max_length=3,
+        description="mean per channel for normalization (one value is used for every channel).",
+    )
+    std: list[float] = Field(
+        default=[0.5],
+        min_length=1,
+        max_length=3,
+        description="std per channel for normalization (one value is used for every channel).",
+    )
+    validation_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="validationFraction is held out for validation when the data has no "
+        "split of its own.",
+    )
+    train_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="trainLimit caps the training samples (a deterministic subset); empty "
+        "uses all.",
+    )
+    validation_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="validationLimit caps the validation samples; empty uses all.",
+    )
+    calibration_size: int = Field(
+        default=300,
+        ge=1,
+        le=100000,
+        description="calibrationSize is how many training samples calibrate quantization.",
+    )
+    seed: int = Field(default=0, ge=0, description="seed for the splits and subsets.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.name is None) == (self.uri is None):
+            raise ValueError("exactly one of name and uri must be set")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class Criterion(StrEnum):
+    """How filters are ranked: the least important go first."""
+
+    geometric_median = "geometric_median"
+    l1 = "l1"
+    l2 = "l2"
+
+
+class ScheduleKind(StrEnum):
+    """How the pruning rate grows from 0 to the target over the steps."""
+
+    exponential = "exponential"
+    linear = "linear"
+
+
+class Device(StrEnum):
+    """Where fine-tuning runs; auto picks CUDA when a GPU is visible."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class PruningTarget(ApiModel):
+    """What the pruning aims at: a filter rate or a FLOPs reduction (exactly one)."""
+
+    filter_rate: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="filterRate is the fraction of filters removed from every prunable layer.",
+    )
+    flops_reduction: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="flopsReduction is the fraction of FLOPs to remove; the filter rate that "
+        "reaches it is searched for.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PruningTarget:
+        if (self.filter_rate is None) == (self.flops_reduction is None):
+            raise ValueError("exactly one of filterRate and flopsReduction must be set")
+        return self
+
+
+class Schedule(ApiModel):
+    """A progressive pruning rate: each step masks more filters, then fine-tunes."""
+
+    kind: ScheduleKind = Field(
+        default=ScheduleKind.exponential,
+        description="kind 'exponential' removes more early, when the network has slack; "
+        "'linear' removes the same amount each step.",
+    )
+    steps: int = Field(default=3, ge=1, le=100, description="steps to reach the target rate.")
+
+
+class FineTune(ApiModel):
+    """Fine-tuning that recovers accuracy: SGD with Nesterov momentum and step decay."""
+
+    epochs: int = Field(
+        default=3, ge=0, le=1000, description="epochs of fine-tuning, spread over the steps."
+    )
+    batch_size: int = Field(default=128, ge=1, le=65536, description="batchSize for training.")
+    learning_rate: float = Field(
+        default=0.01, gt=0.0, le=10.0, description="learningRate at the start."
+    )
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="momentum for SGD.")
+    nesterov: bool = Field(default=True, description="nesterov momentum on or off.")
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0, description="weightDecay (L2).")
+    step_size: int = Field(
+        default=1, ge=1, le=1000, description="stepSize in epochs between decays."
+    )
+    gamma: float = Field(default=0.5, gt=0.0, le=1.0, description="gamma multiplies the rate.")
+    distillation: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="distillation weight of the original model's soft labels in the loss "
+        "(0 turns distillation off).",
+    )
+    max_steps_per_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="maxStepsPerEpoch caps the batches of one epoch; empty uses all.",
+    )
+
+
+class PruningSpec(ApiModel):
+    """Structured filter pruning with soft masks, then physical removal."""
+
+    enabled: bool = Field(default=True, description="enabled false skips pruning.")
+    criterion: Criterion = Field(
+        default=Criterion.geometric_median, description="criterion that ranks filters."
+    )
+    target: PruningTarget = Field(
+        default_factory=lambda: PruningTarget(filter_rate=0.3),
+        description="target rate or FLOPs reduction.",
+    )
+    schedule: Schedule = Field(default_factory=Schedule, description="schedule of the rate.")
+    global_ranking: bool = Field(
+        default=False,
+        description="globalRanking ranks filters across layers, so layers with slack lose "
+        "more; false removes the same fraction everywhere.",
+    )
+    ignored_layers: list[str] = Field(
+        default=[],
+        max_length=256,
+        description="ignoredLayers are module names never pruned; the classifier always is.",
+    )
+    round_to: int = Field(
+        default=8, ge=1, le=256, description="roundTo keeps channel counts a multiple of this."
+    )
+    fine_tune: FineTune = Field(default_factory=FineTune, description="fineTune settings.")
+    device: Device = Field(default=Device.auto, description="device for fine-tuning.")
+    gpu: bool = Field(
+        default=False,
+        description="gpu asks the cluster for one nvidia.com/gpu for the prune Job.",
+    )
+
+
+class Preset(StrEnum):
+    """NNCF quantization presets."""
+
+    performance = "performance"
+    mixed = "mixed"
+
+
+class IgnoredScope(ApiModel):
+    """Layers kept in floating point."""
+
+    names: list[str] = Field(default=[], max_length=256, description="names of IR nodes.")
+    patterns: list[str] = Field(
+        default=[], max_length=64, description="patterns: regular expressions over node names."
+    )
+    types: list[str] = Field(
+        default=[], max_length=64, description="types: OpenVINO operation types."
+    )
+
+
+class QuantizationSpec(ApiModel):
+    """INT8 post-training quantization with NNCF."""
+
+    enabled: bool = Field(default=True, description="enabled false skips quantization.")
+    preset: Preset = Field(default=Preset.performance, description="preset of NNCF.")
+    subset_size: int = Field(
+        default=300, ge=1, le=100000, description="subsetSize of calibration samples."
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="maxAccuracyDrop (absolute, 0.01 = 1 point) switches to "
+        "quantize_with_accuracy_control, which reverts layers to float until the drop fits.",
+    )
+    ignored_scope: IgnoredScope = Field(
+        default_factory=IgnoredScope, description="ignoredScope stays in floating point."
+    )
+
+
+class BenchmarkMode(StrEnum):
+    """latency: batch 1, one request at a time; throughput: parallel requests."""
+
+    latency = "latency"
+    throughput = "throughput"
+
+
+class Precision(StrEnum):
+    """OpenVINO's inference precision for floating-point layers."""
+
+    default = "default"
+    f32 = "f32"
+
+
+class BenchmarkSpec(ApiModel):
+    """Side-by-side measurement of the original and the optimized models."""
+
+    enabled: bool = Field(default=True, description="enabled false skips the benchmark.")
+    modes: list[BenchmarkMode] = Field(
+        default=[BenchmarkMode.latency, BenchmarkMode.throughput],
+        min_length=1,
+        max_length=2,
+        description="modes to measure.",
+    )
+    batch_sizes: list[int] = Field(
+        default=[1],
+        min_length=1,
+        max_length=8,
+        description="batchSizes for the throughput mode (latency always uses 1).",
+    )
+    duration_seconds: float = Field(
+        default=3.0, gt=0.0, le=600.0, description="durationSeconds per model and mode."
+    )
+    precision: Precision = Field(
+        default=Precision.default,
+        description="precision 'default' lets OpenVINO pick (bf16 on CPUs with AMX/avx512_bf16); "
+        "'f32' forces full precision.",
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="threads for inference; empty uses all cores."
+    )
+
+
+class ArtifactsSpec(ApiModel):
+    """Where stage outputs go."""
+
+    uri: Uri = Field(
+        default="./artifacts",
+        description="uri prefix; each stage writes under <uri>/<stage>/. s3:// reads "
+        "credentials from the environment (AWS_ACCESS_KEY_ID, ...).",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description="credentialsSecret names a Secret whose keys become the stage Pods' "
+        "environment (for S3 credentials). The operator never reads it.",
+    )
+
+
+class Resources(ApiModel):
+    """Compute resources of one stage's container (Kubernetes quantities)."""
+
+    requests: dict[str, str] = Field(
+        default={}, max_length=16, description="requests, e.g. {cpu: '2', memory: 4Gi}."
+    )
+    limits: dict[str, str] = Field(
+        default={}, max_length=16, description="limits, e.g. {memory: 8Gi}."
+    )
+
+
+class DatasetVolume(ApiModel):
+    """A PersistentVolumeClaim mounted read-only into every stage Pod."""
+
+    claim_name: str = Field(min_length=1, max_length=253, description="claimName of the PVC.")
+    mount_path: str = Field(
+        default="/data", min_length=1, max_length=1024, description="mountPath in the Pod."
+    )
+
+
+class ExecutionSpec(ApiModel):
+    """How stage Jobs run on a cluster; ignored by `kubeslim run`."""
+
+    service_account_name: str | None = Field(
+        default=None, max_length=253, description="serviceAccountName of the stage Pods."
+    )
+    node_selector: dict[str, str] = Field(
+        default={}, max_length=32, description="nodeSelector of the stage Pods."
+    )
+    tolerations: list[dict[str, str | int]] = Field(
+        default=[], max_length=32, description="tolerations of the stage Pods (core/v1)."
+    )
+    affinity: dict[str, object] | None = Field(
+        default=None, description="affinity of the stage Pods (core/v1 Affinity)."
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="priorityClassName of the stage Pods."
+    )
+    image_pull_secrets: list[str] = Field(
+        default=[], max_length=16, description="imagePullSecrets: names of Secrets."
+    )
+    dataset_volume: DatasetVolume | None = Field(
+        default=None, description="datasetVolume mounts a PVC holding datasets or checkpoints."
+    )
+    backoff_limit: int = Field(
+        default=2, ge=0, le=20, description="backoffLimit: retries of a failed stage Pod."
+    )
+    active_deadline_seconds: int = Field(
+        default=6 * 3600, ge=60, le=7 * 24 * 3600,
+        description="activeDeadlineSeconds bounds one stage's run time.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=24 * 3600, ge=0, le=30 * 24 * 3600,
+        description="ttlSecondsAfterFinished deletes a finished Job after this long.",
+    )
+    prune_resources: Resources = Field(
+        default_factory=Resources, description="pruneResources for the prune Job."
+    )
+    cpu_resources: Resources = Field(
+        default_factory=Resources,
+        description="cpuResources for the convert, quantize and benchmark Jobs.",
+    )
+
+
+class ModelOptimizationSpec(ApiModel):
+    """What to optimize and how: the pipeline prune -> convert -> quantize -> benchmark."""
+
+    model: ModelSpec = Field(description="model to optimize.")
+    dataset: DatasetSpec = Field(description="dataset for fine-tuning, calibration, accuracy.")
+    pruning: PruningSpec = Field(default_factory=PruningSpec, description="pruning settings.")
+    quantization: QuantizationSpec = Field(
+        default_factory=QuantizationSpec, description="quantization settings."
+    )
+    benchmark: BenchmarkSpec = Field(
+        default_factory=BenchmarkSpec, description="benchmark settings."
+    )
+    artifacts: ArtifactsSpec = Field(
+        default_factory=ArtifactsSpec, description="artifacts location."
+    )
+    execution: ExecutionSpec = Field(
+        default_factory=ExecutionSpec, description="execution settings for stage Jobs."
+    )
+
+
+StageName = Literal["prune", "convert", "quantize", "benchmark"]

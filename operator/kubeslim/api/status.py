@@ -1,0 +1,186 @@
+"""The ModelOptimization status, following the Kubernetes API conventions.
+
+Conditions are the contract (type, status, reason, message, lastTransitionTime);
+the rest is a readable summary of the pipeline: one entry per stage, metrics,
+artifact URIs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from kubeslim.api.base import ApiModel
+
+
+class State(StrEnum):
+    """The resource's overall state, shown in `kubectl get mopt`."""
+
+    pending = "Pending"
+    waiting = "Waiting"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+
+
+class StageState(StrEnum):
+    """One stage's state."""
+
+    pending = "Pending"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    skipped = "Skipped"
+
+
+class ConditionType(StrEnum):
+    """Condition types: the three summary ones and one per stage."""
+
+    ready = "Ready"  # True once the optimized model and its metrics are available.
+    succeeded = "Succeeded"  # True when every enabled stage finished.
+    failed = "Failed"  # True when the pipeline stopped on an error it will not retry.
+    pruned = "Pruned"
+    converted = "Converted"
+    quantized = "Quantized"
+    benchmarked = "Benchmarked"
+
+
+STAGE_CONDITIONS: dict[str, ConditionType] = {
+    "prune": ConditionType.pruned,
+    "convert": ConditionType.converted,
+    "quantize": ConditionType.quantized,
+    "benchmark": ConditionType.benchmarked,
+}
+
+
+class Reason(StrEnum):
+    """Condition reasons (CamelCase, as the API conventions ask)."""
+
+    pending = "Pending"  # Not started yet.
+    waiting_for_capacity = "WaitingForCapacity"  # The operator's concurrency limit is reached.
+    job_created = "JobCreated"  # The stage's Job exists and runs.
+    running = "Running"  # The stage reports progress.
+    completed = "Completed"  # The stage finished and its result is recorded.
+    reused = "Reused"  # The stage's inputs did not change; the cached result stands.
+    skipped = "Skipped"  # The stage is disabled in the spec.
+    job_failed = "JobFailed"  # The stage's Job failed after its retries.
+    invalid_spec = "InvalidSpec"  # The spec passed the schema but not the operator's validation.
+    all_stages_completed = "AllStagesCompleted"  # Every enabled stage finished.
+
+
+class Condition(ApiModel):
+    """A condition as in metav1.Condition."""
+
+    type: str = Field(max_length=316, description="type of condition in CamelCase.")
+    status: Literal["True", "False", "Unknown"] = Field(description="status of the condition.")
+    reason: str = Field(default="", max_length=1024, description="reason in CamelCase.")
+    message: str = Field(default="", max_length=32768, description="message for humans.")
+    last_transition_time: str = Field(
+        default_factory=lambda: now_rfc3339(),
+        description="lastTransitionTime: when status last changed (RFC 3339).",
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="observedGeneration the condition was set for."
+    )
+
+
+class Progress(ApiModel):
+    """Live progress of a running stage."""
+
+    phase: str = Field(default="", max_length=128, description="phase inside the stage.")
+    epoch: int | None = Field(default=None, ge=0, description="epoch now running.")
+    epochs: int | None = Field(default=None, ge=0, description="epochs in all.")
+    step: int | None = Field(default=None, ge=0, description="step (pruning step or batch).")
+    steps: int | None = Field(default=None, ge=0, description="steps in all.")
+    loss: float | None = Field(default=None, description="loss of the latest batch.")
+    accuracy: float | None = Field(default=None, description="latest validation accuracy.")
+
+
+class StageStatus(ApiModel):
+    """One stage's Job and outcome."""
+
+    name: str = Field(max_length=32, description="name of the stage.")
+    state: StageState = Field(default=StageState.pending, description="state of the stage.")
+    job_name: str | None = Field(default=None, max_length=63, description="jobName running it.")
+    fingerprint: str | None = Field(
+        default=None, max_length=64, description="fingerprint of the spec parts it depends on."
+    )
+    start_time: str | None = Field(default=None, description="startTime (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="completionTime (RFC 3339).")
+    duration_seconds: float | None = Field(default=None, ge=0, description="durationSeconds.")
+    attempts: int = Field(default=0, ge=0, description="attempts: Pods started for it.")
+    message: str = Field(default="", max_length=4096, description="message: last news.")
+    result_uri: str | None = Field(
+        default=None, max_length=1024, description="resultUri of its result.json."
+    )
+    progress: Progress | None = Field(default=None, description="progress while running.")
+
+
+class ModelMetrics(ApiModel):
+    """Measured figures of one model."""
+
+    accuracy: float | None = Field(default=None, description="top-1 accuracy, 0..1.")
+    latency_ms_p50: float | None = Field(default=None, description="latency p50 at batch 1.")
+    latency_ms_p90: float | None = Field(default=None, description="latency p90 at batch 1.")
+    throughput_fps: float | None = Field(default=None, description="images per second.")
+    size_bytes: int | None = Field(default=None, ge=0, description="IR size on disk.")
+    flops: int | None = Field(default=None, ge=0, description="FLOPs (2 x MACs) per image.")
+    params: int | None = Field(default=None, ge=0, description="parameters.")
+
+
+class Metrics(ApiModel):
+    """The original next to the optimized model, and what that buys."""
+
+    baseline: ModelMetrics | None = Field(default=None, description="baseline: the original.")
+    optimized: ModelMetrics | None = Field(default=None, description="optimized model.")
+    speedup: float | None = Field(default=None, description="speedup in throughput.")
+    latency_speedup: float | None = Field(default=None, description="latencySpeedup at p50.")
+    size_reduction: float | None = Field(
+        default=None, description="sizeReduction: baseline size / optimized size."
+    )
+    accuracy_drop: float | None = Field(
+        default=None, description="accuracyDrop in points (percentage points)."
+    )
+    precision: str | None = Field(
+        default=None, max_length=64, description="precision OpenVINO used for float layers."
+    )
+
+
+class Artifacts(ApiModel):
+    """URIs of what the stages produced."""
+
+    pruned_model: str | None = Field(default=None, description="prunedModel (torch).")
+    onnx: str | None = Field(default=None, description="onnx model.")
+    ir: str | None = Field(default=None, description="ir: OpenVINO IR with FP16 weights.")
+    int8_ir: str | None = Field(default=None, description="int8Ir: quantized OpenVINO IR.")
+    report: str | None = Field(default=None, description="report: the benchmark result.")
+
+
+class ModelOptimizationStatus(ApiModel):
+    """Observed state of a ModelOptimization."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="observedGeneration the status describes."
+    )
+    state: State = Field(default=State.pending, description="state of the pipeline.")
+    current_stage: str | None = Field(
+        default=None, max_length=32, description="currentStage running or next."
+    )
+    summary: str = Field(default="", max_length=1024, description="summary in one line.")
+    conditions: list[Condition] = Field(
+        default=[], max_length=16, description="conditions, one per type."
+    )
+    stages: list[StageStatus] = Field(default=[], max_length=16, description="stages in order.")
+    metrics: Metrics | None = Field(default=None, description="metrics once benchmarked.")
+    artifacts: Artifacts = Field(default_factory=Artifacts, description="artifacts produced.")
+    speedup: str | None = Field(default=None, description="speedup for printer columns.")
+    size_reduction: str | None = Field(default=None, description="sizeReduction for columns.")
+    accuracy_drop: str | None = Field(default=None, description="accuracyDrop for columns.")
+
+
+def now_rfc3339() -> str:
+    """The current time as the API server writes it."""
+    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")

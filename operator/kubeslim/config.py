@@ -1,0 +1,72 @@
+"""The operator's configuration, read once from KUBESLIM_* environment variables.
+
+The Helm chart's ConfigMap sets these; `kubeslim operator` flags override them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kubeslim.errors import SpecError
+
+ENV_PREFIX = "KUBESLIM_"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Each attribute is read from KUBESLIM_<NAME in upper case>."""
+
+    # namespaces to watch; empty means every namespace (cluster-wide mode).
+    namespaces: tuple[str, ...] = ()
+    # trainer_image runs the prune stage (CUDA, torch, torch-pruning).
+    trainer_image: str = "ghcr.io/kubeslim/trainer:0.1.0"
+    # runtime_image runs convert, quantize and benchmark (CPU, OpenVINO, NNCF).
+    runtime_image: str = "ghcr.io/kubeslim/runtime:0.1.0"
+    # image_pull_policy of the stage containers.
+    image_pull_policy: str = "IfNotPresent"
+    # stage_command is the entry point inside the stage images.
+    stage_command: str = "kubeslim"
+    # max_concurrent optimizations with a stage running; the rest wait (0: no limit).
+    max_concurrent: int = 4
+    # peering is kopf's peering name so that only one replica acts; empty runs standalone.
+    peering: str = ""
+    # priority of this replica in the peering (the highest acts).
+    priority: int = 0
+    # health_port serves /healthz for the liveness probe (0 turns it off).
+    health_port: int = 8080
+    # job_service_account runs stage Pods when the spec names none ("" = namespace default).
+    job_service_account: str = ""
+    # progress_interval in seconds between reads of a running stage's progress.
+    progress_interval: float = 10.0
+    # log_tail_lines of a failed Pod's log copied into the Failed condition.
+    log_tail_lines: int = 20
+    # extra_env is passed to every stage container (KEY=VALUE, comma-separated).
+    extra_env: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> OperatorConfig:
+        """Read every attribute from the environment; overrides (e.g. CLI flags) win."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if f.name in overrides and overrides[f.name] is not None:
+                values[f.name] = overrides[f.name]
+            elif raw is not None:
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        return cls(**values)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("tuple"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        raise SpecError(ENV_PREFIX + name.upper(), f"expected a {type_name}, got {raw!r}") from None
+    return raw

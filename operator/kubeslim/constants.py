@@ -1,0 +1,24 @@
+"""Names shared by the CLI, the operator, the Job builder and the chart."""
+
+GROUP = "kubeslim.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelOptimization"
+PLURAL = "modeloptimizations"
+SINGULAR = "modeloptimization"
+SHORT_NAMES = ["mopt"]
+CATEGORIES = ["kubeslim", "ml"]
+
+# Labels put on every Job and Pod the operator creates.
+LABEL_NAME = f"{GROUP}/modeloptimization"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_GENERATION = f"{GROUP}/generation"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubeslim"
+
+# Where kopf keeps its own bookkeeping (annotations, not status: see README).
+KOPF_PREFIX = GROUP
+
+# A stage prints one line starting with this marker for each progress update;
+# the operator reads the tail of the Pod log to find the latest one.
+PROGRESS_MARKER = "KUBESLIM_PROGRESS "

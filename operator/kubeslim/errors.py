@@ -1,0 +1,33 @@
+"""Errors that reach the user as one line naming the field and what was expected."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class KubeslimError(Exception):
+    """Any error kubeslim reports to the user without a traceback."""
+
+
+class SpecError(KubeslimError):
+    """A value in the spec (or what it points at) is not what was expected."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class StoreError(KubeslimError):
+    """The artifact store cannot be reached or refuses an operation."""
+
+
+def describe_validation_error(err: ValidationError, root: str = "spec") -> SpecError:
+    """The first pydantic error as a SpecError with a dotted camelCase path."""
+    first = err.errors()[0]
+    parts = [str(p) for p in first["loc"]]
+    field = ".".join([root, *parts] if root else parts) or root
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "enum" and "expected" in first.get("ctx", {}):
+        message = f"expected one of {first['ctx']['expected']}, got {first['input']!r}"
+    return SpecError(field, message)

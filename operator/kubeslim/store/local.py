@@ -1,0 +1,78 @@
+"""Local paths and file:// URIs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kubeslim.errors import StoreError
+from kubeslim.store.base import ArtifactStore
+
+
+class LocalStore(ArtifactStore):
+    """A directory on a local or mounted file system."""
+
+    def __init__(self, root: str) -> None:
+        path = root.removeprefix("file://")
+        self.base = Path(path).expanduser().resolve()
+        super().__init__(f"file://{self.base}")
+
+    def path(self, key: str) -> Path:
+        """The local path of a key (refusing keys that climb out of the root)."""
+        p = (self.base / key).resolve()
+        if p != self.base and self.base not in p.parents:
+            raise StoreError(f"key {key!r} escapes the store root {self.base}")
+        return p
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(key)}: no such artifact") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        with _atomic_target(target) as tmp:
+            tmp.write_bytes(data)
+
+    def upload(self, local: Path, key: str) -> None:
+        target = self.path(key)
+        if target == Path(local).resolve():
+            return
+        with _atomic_target(target) as tmp:
+            shutil.copyfile(local, tmp)
+
+    def download(self, key: str, local: Path) -> None:
+        source = self.path(key)
+        if not source.is_file():
+            raise StoreError(f"{self.uri(key)}: no such artifact")
+        with _atomic_target(Path(local)) as tmp:
+            shutil.copyfile(source, tmp)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+class _atomic_target:
+    """A temporary sibling that replaces the target on success, vanishes on error."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", dir=self.target.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        else:
+            self.tmp.unlink(missing_ok=True)
