@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# The operator image: kopf handlers and the Kubernetes client, no ML libraries.
+# Build from the repository root:
+#   docker build -f images/operator.Dockerfile -t ghcr.io/kubeslim/operator:0.1.0 .
+# Base images are pinned to exact tags; pin digests too (FROM image:tag@sha256:...)
+# when building for production, since a tag can be re-pushed.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---- builder: build the kubeslim wheel and install it with its extra into a venv
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+# Versions come from pyproject.toml's pins; the venv is copied whole to the final stage.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install "$(ls /wheels/kubeslim-*.whl)[operator]"
+
+# ---- final: the venv on a clean slim image, running as a non-root user
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="kubeslim-operator" \
+      org.opencontainers.image.description="kubeslim operator (kopf)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --gid 10001 kubeslim \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin kubeslim
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# Numeric so that the kubelet can verify runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["kubeslim"]
+CMD ["operator", "--all-namespaces"]
