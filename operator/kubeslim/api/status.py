@@ -119,6 +119,16 @@ class StageStatus(ApiModel):
     progress: Progress | None = Field(default=None, description="progress while running.")
 
 
+class JobSummary(ApiModel):
+    """One child Job and its Pod counts, as the Job reports them."""
+
+    name: str = Field(max_length=63, description="name of the Job.")
+    stage: str = Field(max_length=32, description="stage it runs.")
+    active: int = Field(default=0, ge=0, description="active Pods.")
+    succeeded: int = Field(default=0, ge=0, description="succeeded Pods.")
+    failed: int = Field(default=0, ge=0, description="failed Pods.")
+
+
 class ModelMetrics(ApiModel):
     """Measured figures of one model."""
 
@@ -174,6 +184,9 @@ class ModelOptimizationStatus(ApiModel):
         default=[], max_length=16, description="conditions, one per type."
     )
     stages: list[StageStatus] = Field(default=[], max_length=16, description="stages in order.")
+    jobs: list[JobSummary] = Field(
+        default=[], max_length=64, description="jobs of the current pipeline run, keyed by name."
+    )
     metrics: Metrics | None = Field(default=None, description="metrics once benchmarked.")
     artifacts: Artifacts = Field(default_factory=Artifacts, description="artifacts produced.")
     speedup: str | None = Field(default=None, description="speedup for printer columns.")
