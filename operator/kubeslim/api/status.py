@@ -42,6 +42,7 @@ class ConditionType(StrEnum):
     ready = "Ready"  # True once the optimized model and its metrics are available.
     succeeded = "Succeeded"  # True when every enabled stage finished.
     failed = "Failed"  # True when the pipeline stopped on an error it will not retry.
+    waiting = "Waiting"  # True while the operator's concurrency limit holds the pipeline back.
     pruned = "Pruned"
     converted = "Converted"
     quantized = "Quantized"
@@ -69,6 +70,8 @@ class Reason(StrEnum):
     job_failed = "JobFailed"  # The stage's Job failed after its retries.
     invalid_spec = "InvalidSpec"  # The spec passed the schema but not the operator's validation.
     all_stages_completed = "AllStagesCompleted"  # Every enabled stage finished.
+    capacity_available = "CapacityAvailable"  # Not held back by the concurrency limit.
+    in_progress = "InProgress"  # Stages are still running or pending.
 
 
 class Condition(ApiModel):

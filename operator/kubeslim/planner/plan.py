@@ -1,0 +1,405 @@
+"""The planner: from spec, status and observed Jobs to the next step and the new status.
+
+It is a pure function, so a restart, a replayed event or two handlers looking
+at once reach the same decision; the handlers only carry it out.
+
+Stages run in order. A stage is done when its status entry records success for
+the current spec fingerprint (so a spec edit re-runs from the first stage whose
+fingerprint changed and keeps the rest), or when its Jobs for that fingerprint
+have all succeeded. The first stage not done is the current one: its Jobs are
+created (within the concurrency limit), waited for, or found failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeslim.api.spec import ModelOptimizationSpec
+from kubeslim.api.status import (
+    STAGE_CONDITIONS,
+    Artifacts,
+    Condition,
+    ConditionType,
+    JobSummary,
+    Metrics,
+    Reason,
+    StageState,
+    StageStatus,
+    State,
+)
+from kubeslim.errors import SpecError
+from kubeslim.planner.model import (
+    Action,
+    JobPhase,
+    JobRequest,
+    ObservedJob,
+    Plan,
+    PlanInput,
+    job_name,
+)
+from kubeslim.planner.status import (
+    ARTIFACT_FIELDS,
+    STAGE_MESSAGE_LIMIT,
+    artifacts_from,
+    columns,
+    metrics_from,
+    progress_text,
+    record_result,
+    set_condition,
+    stage_entry,
+    success_summary,
+    transitions,
+)
+from kubeslim.stages.pipeline import STAGES, enabled_stages, spec_fingerprints
+
+_PHASE_RANK = {JobPhase.succeeded: 0, JobPhase.active: 1, JobPhase.failed: 2}
+
+
+def stage_shards(spec: ModelOptimizationSpec, stage: str) -> tuple[str, ...]:
+    """The Jobs one stage runs as: one unnamed shard today.
+
+    A stage that fans out (several pruning targets searched in parallel) returns
+    one shard id per Job; the planner creates, waits for and records them all.
+    """
+    del spec, stage
+    return ("",)
+
+
+@dataclass
+class _Walk:
+    """What the walk over the stages collects."""
+
+    stages: list[StageStatus] = field(default_factory=list)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cleared: set[str] = field(default_factory=set)  # stages whose earlier outputs no longer hold
+    current: str | None = None
+    outcome: Action = Action.succeeded
+    create: list[JobRequest] = field(default_factory=list)
+    failure: str = ""
+    jobs: list[JobSummary] = field(default_factory=list)
+
+
+def plan(inp: PlanInput) -> Plan:
+    """Decide the next step for one ModelOptimization."""
+    if isinstance(inp.spec, SpecError):
+        return _invalid(inp, inp.spec)
+    spec = inp.spec
+    fingerprints = spec_fingerprints(spec)
+    enabled = set(enabled_stages(spec))
+    walk = _Walk()
+    for stage in STAGES:
+        if stage not in enabled:
+            walk.stages.append(
+                StageStatus(
+                    name=stage,
+                    state=StageState.skipped,
+                    fingerprint=fingerprints[stage],
+                    message="disabled in the spec",
+                )
+            )
+            walk.cleared.add(stage)
+        elif walk.current is not None:
+            walk.stages.append(_pending(stage, fingerprints[stage]))
+            walk.cleared.add(stage)
+        else:
+            _visit(inp, spec, stage, fingerprints[stage], walk)
+    stale = tuple(
+        sorted(
+            j.name
+            for j in inp.jobs
+            if j.phase == JobPhase.active and fingerprints.get(j.stage) != j.fingerprint
+        )
+    )
+    return _finish(inp, walk, stale)
+
+
+def _visit(
+    inp: PlanInput, spec: ModelOptimizationSpec, stage: str, fingerprint: str, walk: _Walk
+) -> None:
+    """Look at one stage while every stage before it is done."""
+    old = stage_entry(inp.status, stage)
+    if old is not None and old.state == StageState.succeeded and old.fingerprint == fingerprint:
+        walk.stages.append(old)
+        walk.jobs.extend(_summaries(inp.jobs, stage, fingerprint))
+        return
+    shards = stage_shards(spec, stage)
+    chosen = {shard: _pick(inp, stage, shard, fingerprint) for shard in shards}
+    found = [j for j in chosen.values() if j is not None]
+    walk.jobs.extend(_summary(j) for j in found)
+    walk.cleared.add(stage)
+    base = _base_entry(old, stage, fingerprint, found)
+    if found and len(found) == len(shards) and all(j.phase == JobPhase.succeeded for j in found):
+        result = _merge_results([j.result for j in found])
+        walk.stages.append(record_result(base, result))
+        walk.results[stage] = result or {}
+        return
+    walk.current = stage
+    failed = [j for j in found if j.phase == JobPhase.failed]
+    sticky = (
+        old is not None
+        and old.state == StageState.failed
+        and old.fingerprint == fingerprint
+        and inp.status.observed_generation == inp.generation
+        and not any(j.phase != JobPhase.failed for j in found)
+    )
+    if failed or sticky:
+        reason = failed[0].failure if failed else old.message if old else ""
+        job = failed[0].name if failed else (old.job_name if old else "")
+        walk.failure = f"stage {stage} failed (Job {job}): {reason or 'no reason given'}"
+        walk.outcome = Action.failed
+        walk.stages.append(
+            base.model_copy(
+                update={
+                    "state": StageState.failed,
+                    "message": _cap(reason or "failed", STAGE_MESSAGE_LIMIT),
+                    "progress": None,
+                }
+            )
+        )
+        return
+    missing = [shard for shard, job in chosen.items() if job is None]
+    if missing and not found and not inp.slots.free_for(inp.key):
+        walk.outcome = Action.wait_for_capacity
+        walk.stages.append(
+            base.model_copy(update={"state": StageState.pending, "message": "waiting for capacity"})
+        )
+        return
+    for shard in missing:
+        name = job_name(inp.name, stage, inp.generation, shard)
+        walk.create.append(JobRequest(stage, name, fingerprint, inp.generation, shard))
+        walk.jobs.append(JobSummary(name=name, stage=stage))
+    walk.outcome = Action.create_jobs if missing else Action.wait
+    first = found[0].name if found else walk.create[0].name
+    message = f"Job {first} created" if missing else f"Job {first} running"
+    keep = old is not None and old.job_name == first and old.state == StageState.running
+    walk.stages.append(
+        base.model_copy(
+            update={
+                "state": StageState.running,
+                "job_name": first,
+                "start_time": base.start_time or inp.now or None,
+                "message": message if not keep else old.message if old else message,
+                "progress": old.progress if keep and old else None,
+            }
+        )
+    )
+
+
+def _pick(inp: PlanInput, stage: str, shard: str, fingerprint: str) -> ObservedJob | None:
+    """The Job that stands for one shard of a stage and fingerprint.
+
+    A succeeded Job wins, then a running one, whatever generation made it (an
+    edit that does not touch the stage must not restart it). A failed Job counts
+    only for the current generation: an edit (say, more memory) retries the stage.
+    """
+    candidates = [
+        j
+        for j in inp.jobs
+        if j.stage == stage
+        and j.shard == shard
+        and j.fingerprint == fingerprint
+        and (j.phase != JobPhase.failed or j.generation >= inp.generation)
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda j: (_PHASE_RANK[j.phase], -j.generation))
+
+
+def _base_entry(
+    old: StageStatus | None,
+    stage: str,
+    fingerprint: str,
+    jobs: Sequence[ObservedJob],
+) -> StageStatus:
+    """A stage's entry with what its Jobs say: name, times, attempts."""
+    same_run = old is not None and old.fingerprint == fingerprint
+    start = min((j.start_time for j in jobs if j.start_time), default=None)
+    ends = [j.completion_time for j in jobs if j.completion_time]
+    return StageStatus(
+        name=stage,
+        state=StageState.pending,
+        fingerprint=fingerprint,
+        job_name=jobs[0].name if jobs else (old.job_name if same_run and old else None),
+        start_time=start or (old.start_time if same_run and old else None),
+        completion_time=max(ends) if ends and len(ends) == len(jobs) else None,
+        attempts=sum(j.active + j.succeeded + j.failed for j in jobs),
+        message=old.message if same_run and old else "",
+        result_uri=old.result_uri if same_run and old else None,
+    )
+
+
+def _pending(stage: str, fingerprint: str) -> StageStatus:
+    return StageStatus(name=stage, state=StageState.pending, fingerprint=fingerprint)
+
+
+def _merge_results(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One stage result from its shards' results (one shard: itself)."""
+    if len(results) == 1:
+        return results[0]
+    if any(r is None for r in results):
+        return None
+    known = [r for r in results if r is not None]
+    outputs = {f"{i}/{k}": v for i, r in enumerate(known) for k, v in r.get("outputs", {}).items()}
+    return {
+        "outputs": outputs,
+        "metrics": known[0].get("metrics", {}),
+        "durationSeconds": max(float(r.get("durationSeconds", 0) or 0) for r in known),
+        "reused": all(r.get("reused") for r in known),
+    }
+
+
+def _finish(inp: PlanInput, walk: _Walk, stale: tuple[str, ...]) -> Plan:
+    """Assemble status, conditions and events from the walk."""
+    old = inp.status
+    artifacts = _artifacts(old.artifacts, walk)
+    metrics = _metrics(old.metrics, walk)
+    state, summary = _state_and_summary(inp, walk, metrics)
+    conditions = _conditions(inp, walk, state, summary)
+    current = walk.current
+    status = old.model_copy(
+        update={
+            "observed_generation": inp.generation,
+            "state": state,
+            "current_stage": current,
+            "summary": _cap(summary, 1024),
+            "conditions": conditions,
+            "stages": walk.stages,
+            "jobs": walk.jobs[:64],
+            "artifacts": artifacts,
+            "metrics": metrics,
+            **columns(metrics),
+        }
+    )
+    return Plan(
+        action=walk.outcome,
+        status=status,
+        create=tuple(walk.create),
+        delete=stale,
+        events=transitions(old.conditions, conditions),
+        holds_slot=walk.outcome in (Action.create_jobs, Action.wait),
+        stage=current,
+    )
+
+
+def _artifacts(old: Artifacts, walk: _Walk) -> Artifacts:
+    """Keep the URIs of stages still done; replace those just recorded; drop the rest."""
+    values = old.model_dump(by_alias=False)
+    for (stage, _), attr in ARTIFACT_FIELDS.items():
+        if stage in walk.cleared:
+            values[attr] = None
+    fresh = artifacts_from(walk.results).model_dump(by_alias=False, exclude_none=True)
+    return Artifacts(**{**values, **fresh})
+
+
+def _metrics(old: Metrics | None, walk: _Walk) -> Metrics | None:
+    if "benchmark" in walk.results:
+        return metrics_from(walk.results["benchmark"])
+    return None if "benchmark" in walk.cleared else old
+
+
+def _state_and_summary(inp: PlanInput, walk: _Walk, metrics: Metrics | None) -> tuple[State, str]:
+    if walk.outcome == Action.succeeded:
+        return State.succeeded, success_summary(metrics)
+    if walk.outcome == Action.failed:
+        return State.failed, walk.failure.splitlines()[0] if walk.failure else "failed"
+    if walk.outcome == Action.wait_for_capacity:
+        limit = inp.slots.limit
+        return State.waiting, f"waiting for capacity ({limit} optimizations running at once)"
+    entry = next(s for s in walk.stages if s.name == walk.current)
+    text = progress_text(entry.progress)
+    return State.running, f"running {walk.current}" + (f" ({text})" if text else "")
+
+
+def _conditions(inp: PlanInput, walk: _Walk, state: State, summary: str) -> list[Condition]:
+    gen, now = inp.generation, inp.now
+    conds = list(inp.status.conditions)
+    reused = inp.status.observed_generation not in (None, inp.generation)
+    for entry in walk.stages:
+        status, reason = _stage_condition(entry, reused, walk)
+        conds = set_condition(
+            conds, STAGE_CONDITIONS[entry.name], status, reason, entry.message, now, gen
+        )
+    done = state == State.succeeded
+    if done:
+        reason = Reason.all_stages_completed
+    elif state == State.failed:
+        reason = Reason.job_failed
+    elif state == State.waiting:
+        reason = Reason.waiting_for_capacity
+    else:
+        reason = Reason.in_progress
+    conds = set_condition(conds, ConditionType.ready, _b(done), reason, summary, now, gen)
+    conds = set_condition(conds, ConditionType.succeeded, _b(done), reason, summary, now, gen)
+    failed = state == State.failed
+    failure = walk.failure if failed else ""
+    conds = set_condition(conds, ConditionType.failed, _b(failed), reason, failure, now, gen)
+    waiting = state == State.waiting
+    wait_reason = Reason.waiting_for_capacity if waiting else Reason.capacity_available
+    wait_msg = summary if waiting else ""
+    return set_condition(conds, ConditionType.waiting, _b(waiting), wait_reason, wait_msg, now, gen)
+
+
+def _stage_condition(entry: StageStatus, reused: bool, walk: _Walk) -> tuple[str, str]:
+    if entry.state == StageState.succeeded:
+        fresh = entry.name in walk.results
+        return "True", Reason.reused if (not fresh and reused) else Reason.completed
+    if entry.state == StageState.skipped:
+        return "False", Reason.skipped
+    if entry.state == StageState.failed:
+        return "False", Reason.job_failed
+    if entry.state == StageState.running:
+        return "False", Reason.running if entry.progress else Reason.job_created
+    if entry.name == walk.current and walk.outcome == Action.wait_for_capacity:
+        return "False", Reason.waiting_for_capacity
+    return "False", Reason.pending
+
+
+def _invalid(inp: PlanInput, err: SpecError) -> Plan:
+    """A spec that passed the schema but not the models: say which field, do nothing else."""
+    old = inp.status
+    message = f"invalid spec: {err}"
+    gen, now = inp.generation, inp.now
+    conds = set_condition(
+        old.conditions, ConditionType.failed, "True", Reason.invalid_spec, message, now, gen
+    )
+    for type_ in (ConditionType.ready, ConditionType.succeeded):
+        conds = set_condition(conds, type_, "False", Reason.invalid_spec, message, now, gen)
+    status = old.model_copy(
+        update={
+            "observed_generation": gen,
+            "state": State.failed,
+            "current_stage": None,
+            "summary": _cap(message, 1024),
+            "conditions": conds,
+        }
+    )
+    return Plan(
+        action=Action.invalid_spec,
+        status=status,
+        events=transitions(old.conditions, conds),
+        extra={"field": err.field},
+    )
+
+
+def _summaries(jobs: Sequence[ObservedJob], stage: str, fingerprint: str) -> list[JobSummary]:
+    return [_summary(j) for j in jobs if j.stage == stage and j.fingerprint == fingerprint]
+
+
+def _summary(job: ObservedJob) -> JobSummary:
+    return JobSummary(
+        name=job.name,
+        stage=job.stage,
+        active=job.active,
+        succeeded=job.succeeded,
+        failed=job.failed,
+    )
+
+
+def _b(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]

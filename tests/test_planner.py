@@ -1,0 +1,418 @@
+"""The planner as a pure function: no Kubernetes, the Jobs are plain data.
+
+A tiny in-memory "world" holds the Jobs the plans ask for; each test drives it
+the way Job events would, then checks the decision and the status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from kubeslim.api.manifest import parse_spec
+from kubeslim.api.spec import ModelOptimizationSpec
+from kubeslim.api.status import ConditionType, ModelOptimizationStatus, Progress, Reason, State
+from kubeslim.errors import SpecError
+from kubeslim.planner import Action, JobPhase, ObservedJob, Plan, PlanInput, Slots, job_name, plan
+from kubeslim.planner.status import find_condition, set_condition, transitions, with_progress
+from kubeslim.stages.pipeline import spec_fingerprints
+
+SPEC: dict[str, Any] = {
+    "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+    "dataset": {"name": "digits"},
+    "pruning": {"target": {"filterRate": 0.3}, "fineTune": {"epochs": 1}},
+}
+BENCH_METRICS = {
+    "baseline": {"accuracy": 0.95, "latencyMsP50": 2.0, "throughputFps": 500.0, "sizeBytes": 4000},
+    "optimized": {"accuracy": 0.94, "latencyMsP50": 0.5, "throughputFps": 2e3, "sizeBytes": 1000},
+    "precision": "f32",
+    "ignoredExtra": 1,
+}
+OUTPUTS = {
+    "prune": {"model": "file:///a/prune/model.pt"},
+    "convert": {"onnx": "file:///a/convert/model.onnx", "ir": "file:///a/convert/model.xml"},
+    "quantize": {"int8_ir": "file:///a/quantize/model.xml"},
+    "benchmark": {"report": "file:///a/benchmark/report.json"},
+}
+
+
+def spec_of(**edits: Any) -> ModelOptimizationSpec:
+    body = {**SPEC, **edits}
+    return parse_spec(body)
+
+
+class World:
+    """The resource's status and Jobs, advanced by applying plans."""
+
+    def __init__(self, spec: ModelOptimizationSpec | SpecError, generation: int = 1) -> None:
+        self.spec = spec
+        self.generation = generation
+        self.status = ModelOptimizationStatus()
+        self.jobs: dict[str, ObservedJob] = {}
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.clock = 0
+
+    def step(self, slots: Slots | None = None, write: bool = True) -> Plan:
+        self.clock += 1
+        result = plan(
+            PlanInput(
+                name="demo",
+                namespace="ns",
+                generation=self.generation,
+                spec=self.spec,
+                status=self.status,
+                jobs=list(self.jobs.values()),
+                slots=slots or Slots(),
+                now=f"2026-11-27T07:00:{self.clock:02d}Z",
+            )
+        )
+        for request in result.create:
+            if request.name not in self.jobs:  # a second create would be a 409
+                self.created.append(request.name)
+                self.jobs[request.name] = ObservedJob(
+                    name=request.name,
+                    stage=request.stage,
+                    fingerprint=request.fingerprint,
+                    generation=request.generation,
+                    shard=request.shard,
+                    active=1,
+                    start_time=f"2026-11-27T07:00:{self.clock:02d}Z",
+                )
+        for name in result.delete:
+            self.deleted.append(name)
+            self.jobs.pop(name)
+        if write:
+            self.status = result.status
+        return result
+
+    def finish(self, stage: str, reused: bool = False) -> None:
+        job = self.running(stage)
+        metrics = BENCH_METRICS if stage == "benchmark" else {}
+        result = {
+            "stage": stage,
+            "fingerprint": "content-hash",
+            "outputs": OUTPUTS[stage],
+            "metrics": metrics,
+            "durationSeconds": 1.5,
+            "reused": reused,
+            "result_uri": f"file:///a/{stage}/result.json",
+        }
+        self.jobs[job.name] = replace(
+            job,
+            phase=JobPhase.succeeded,
+            active=0,
+            succeeded=1,
+            completion_time="2026-11-27T07:59:00Z",
+            result=result,
+        )
+
+    def fail(self, stage: str, why: str) -> None:
+        job = self.running(stage)
+        self.jobs[job.name] = replace(job, phase=JobPhase.failed, active=0, failed=3, failure=why)
+
+    def running(self, stage: str) -> ObservedJob:
+        active = [j for j in self.jobs.values() if j.stage == stage and j.phase == JobPhase.active]
+        assert len(active) == 1, (stage, self.jobs)
+        return active[0]
+
+    def run_to_end(self) -> Plan:
+        for _ in range(10):
+            result = self.step()
+            if result.terminal:
+                return result
+            self.finish(result.stage or "")
+        raise AssertionError("the pipeline did not end")
+
+
+def cond(status: ModelOptimizationStatus, type_: str) -> tuple[str, str]:
+    c = find_condition(status.conditions, type_)
+    assert c is not None, type_
+    return c.status, c.reason
+
+
+def test_fresh_resource_creates_the_first_stage_job() -> None:
+    world = World(spec_of())
+    result = world.step()
+    assert result.action == Action.create_jobs
+    assert [r.name for r in result.create] == ["demo-prune-g1"]
+    assert result.holds_slot
+    assert result.status.state == State.running
+    assert result.status.current_stage == "prune"
+    assert result.status.observed_generation == 1
+    assert cond(result.status, ConditionType.pruned) == ("False", Reason.job_created)
+    assert cond(result.status, ConditionType.ready) == ("False", Reason.in_progress)
+    assert [s.state for s in result.status.stages] == ["Running", "Pending", "Pending", "Pending"]
+    assert any(e.reason == Reason.job_created for e in result.events)
+
+
+def test_full_pipeline_records_results_metrics_and_artifacts() -> None:
+    world = World(spec_of())
+    final = world.run_to_end()
+    assert final.action == Action.succeeded and not final.holds_slot
+    assert world.created == [f"demo-{s}-g1" for s in ("prune", "convert", "quantize", "benchmark")]
+    status = final.status
+    assert status.state == State.succeeded and status.current_stage is None
+    assert cond(status, ConditionType.ready) == ("True", Reason.all_stages_completed)
+    assert cond(status, ConditionType.succeeded) == ("True", Reason.all_stages_completed)
+    assert cond(status, ConditionType.failed)[0] == "False"
+    assert cond(status, ConditionType.benchmarked) == ("True", Reason.completed)
+    assert status.metrics is not None
+    assert status.metrics.speedup == 4.0 and status.metrics.latency_speedup == 4.0
+    assert status.metrics.size_reduction == 4.0
+    assert status.metrics.accuracy_drop == pytest.approx(1.0)
+    assert (status.speedup, status.size_reduction, status.accuracy_drop) == (
+        "4.00x",
+        "4.00x",
+        "1.00pt",
+    )
+    assert status.summary == "succeeded: 4.00x faster, 4.00x smaller, accuracy drop 1.00pt"
+    assert status.artifacts.pruned_model == OUTPUTS["prune"]["model"]
+    assert status.artifacts.int8_ir == OUTPUTS["quantize"]["int8_ir"]
+    assert status.artifacts.report == OUTPUTS["benchmark"]["report"]
+    prune = status.stages[0]
+    assert (prune.job_name, prune.duration_seconds, prune.attempts) == ("demo-prune-g1", 1.5, 1)
+    assert prune.result_uri == "file:///a/prune/result.json"
+    assert prune.completion_time == "2026-11-27T07:59:00Z"
+    assert [j.name for j in status.jobs] == world.created
+    # Nothing happens once done, and a replay changes nothing.
+    again = world.step()
+    assert again.action == Action.succeeded and not again.create and not again.events
+    assert again.status == status
+
+
+def test_restart_mid_run_neither_duplicates_nor_loses_a_job() -> None:
+    world = World(spec_of())
+    world.step()
+    world.finish("prune")
+    world.step()  # convert created
+    # A restart: the status write of the last plan was lost, and the plan runs twice.
+    world.status = ModelOptimizationStatus()
+    first = world.step()
+    second = world.step()
+    assert first.action == second.action == Action.wait
+    assert not first.create and not second.create
+    assert world.created == ["demo-prune-g1", "demo-convert-g1"]
+    assert second.status.stages[0].state == "Succeeded"
+    assert second.status.stages[1].job_name == "demo-convert-g1"
+
+
+def test_lost_status_and_lost_job_recreates_the_same_name() -> None:
+    world = World(spec_of())
+    world.step()
+    world.jobs.clear()  # the Job was deleted by hand before it finished
+    result = world.step()
+    assert [r.name for r in result.create] == ["demo-prune-g1"]
+
+
+def test_skipped_stages_are_not_run() -> None:
+    world = World(spec_of(pruning={"enabled": False}, benchmark={"enabled": False}))
+    final = world.run_to_end()
+    assert world.created == ["demo-convert-g1", "demo-quantize-g1"]
+    assert cond(final.status, ConditionType.pruned) == ("False", Reason.skipped)
+    assert final.status.metrics is None and final.status.speedup is None
+    assert final.status.summary == "succeeded"
+
+
+def test_spec_edit_reruns_from_the_first_changed_stage() -> None:
+    world = World(spec_of())
+    world.run_to_end()
+    before = world.status
+    world.spec = spec_of(quantization={"preset": "mixed"})
+    world.generation = 2
+    result = world.step()
+    assert [r.name for r in result.create] == ["demo-quantize-g2"]
+    stages = {s.name: s.state for s in result.status.stages}
+    assert stages == {
+        "prune": "Succeeded",
+        "convert": "Succeeded",
+        "quantize": "Running",
+        "benchmark": "Pending",
+    }
+    # Reused stages keep their condition's transition time; re-run ones report it.
+    old_pruned = find_condition(before.conditions, ConditionType.pruned)
+    new_pruned = find_condition(result.status.conditions, ConditionType.pruned)
+    assert old_pruned and new_pruned
+    assert new_pruned.reason == Reason.reused
+    assert new_pruned.last_transition_time == old_pruned.last_transition_time
+    # Metrics and the outputs of re-run stages are gone until measured again.
+    assert result.status.metrics is None and result.status.artifacts.int8_ir is None
+    assert result.status.artifacts.onnx == OUTPUTS["convert"]["onnx"]
+    assert result.status.state == State.running
+    assert cond(result.status, ConditionType.ready) == ("False", Reason.in_progress)
+    world.finish("quantize")
+    world.step()
+    world.finish("benchmark")
+    final = world.step()
+    assert final.action == Action.succeeded
+    assert world.created[-2:] == ["demo-quantize-g2", "demo-benchmark-g2"]
+    assert final.status.metrics is not None
+
+
+def test_edit_outside_the_stages_inputs_reruns_nothing() -> None:
+    world = World(spec_of())
+    world.step()  # prune running
+    world.spec = spec_of(execution={"backoffLimit": 5})
+    world.generation = 2
+    result = world.step()
+    assert result.action == Action.wait and not result.create and not result.delete
+    assert result.status.stages[0].job_name == "demo-prune-g1"
+
+
+def test_edit_while_running_deletes_the_stale_job() -> None:
+    world = World(spec_of())
+    world.step()  # prune g1 running
+    world.spec = spec_of(pruning={"target": {"filterRate": 0.5}})
+    world.generation = 2
+    result = world.step()
+    assert result.delete == ("demo-prune-g1",)
+    assert [r.name for r in result.create] == ["demo-prune-g2"]
+
+
+def test_failed_job_fails_the_pipeline_with_its_log_tail() -> None:
+    world = World(spec_of())
+    world.step()
+    world.fail("prune", "BackoffLimitExceeded: Job has reached the specified backoff limit\nOOM")
+    result = world.step()
+    assert result.action == Action.failed and result.terminal and not result.holds_slot
+    status = result.status
+    assert status.state == State.failed and status.current_stage == "prune"
+    failed = find_condition(status.conditions, ConditionType.failed)
+    assert failed and failed.status == "True" and failed.reason == Reason.job_failed
+    assert "demo-prune-g1" in failed.message and "OOM" in failed.message
+    assert cond(status, ConditionType.pruned) == ("False", Reason.job_failed)
+    assert status.summary.startswith("stage prune failed")
+    assert [e.type for e in result.events if e.reason == Reason.job_failed][:1] == ["Warning"]
+    # No crash loop: looking again creates nothing and posts no new events.
+    again = world.step()
+    assert again.action == Action.failed and not again.create and not again.events
+
+
+def test_failure_sticks_when_the_failed_job_is_gone() -> None:
+    world = World(spec_of())
+    world.step()
+    world.fail("prune", "boom")
+    world.step()
+    world.jobs.clear()  # ttlSecondsAfterFinished removed it
+    result = world.step()
+    assert result.action == Action.failed and not result.create
+
+
+def test_new_generation_retries_a_failed_stage() -> None:
+    world = World(spec_of())
+    world.step()
+    world.fail("prune", "OOMKilled")
+    world.step()
+    world.spec = spec_of(execution={"pruneResources": {"limits": {"memory": "8Gi"}}})
+    world.generation = 2
+    result = world.step()
+    assert [r.name for r in result.create] == ["demo-prune-g2"]
+    assert result.status.state == State.running
+    assert cond(result.status, ConditionType.failed)[0] == "False"
+
+
+def test_invalid_spec_names_the_field() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({"model": {"architecture": "resnet18", "entryPoint": "a:b"}, "dataset": {}})
+    world = World(err.value)
+    result = world.step()
+    assert result.action == Action.invalid_spec and result.terminal
+    assert not result.create and not result.holds_slot
+    failed = find_condition(result.status.conditions, ConditionType.failed)
+    assert failed and (failed.status, failed.reason) == ("True", Reason.invalid_spec)
+    assert failed.message.startswith("invalid spec: spec.model")
+    assert result.extra["field"] == "spec.model"
+    assert result.events[0].type == "Warning" and result.events[0].reason == Reason.invalid_spec
+    # Fixing the spec (a new generation) starts the pipeline.
+    world.spec = spec_of()
+    world.generation = 2
+    fixed = world.step()
+    assert fixed.action == Action.create_jobs
+    assert cond(fixed.status, ConditionType.failed)[0] == "False"
+
+
+def test_capacity_limit_makes_others_wait() -> None:
+    full = Slots(limit=1, holders=frozenset({"ns/other"}))
+    world = World(spec_of())
+    result = world.step(full)
+    assert result.action == Action.wait_for_capacity and not result.create
+    assert not result.holds_slot
+    assert result.status.state == State.waiting
+    assert cond(result.status, ConditionType.waiting) == ("True", Reason.waiting_for_capacity)
+    assert cond(result.status, ConditionType.pruned) == ("False", Reason.waiting_for_capacity)
+    freed = world.step(Slots(limit=1, holders=frozenset()))
+    assert freed.action == Action.create_jobs and freed.holds_slot
+    assert cond(freed.status, ConditionType.waiting) == ("False", Reason.capacity_available)
+    # Holding a slot keeps it, whatever the others do; the next stage needs no new slot.
+    world.finish("prune")
+    held = world.step(Slots(limit=1, holders=frozenset({"ns/demo", "ns/other"})))
+    assert held.action == Action.create_jobs
+
+
+def test_running_jobs_keep_going_when_the_limit_drops() -> None:
+    world = World(spec_of())
+    world.step()
+    result = world.step(Slots(limit=1, holders=frozenset({"ns/a", "ns/b"})))
+    assert result.action == Action.wait and result.holds_slot
+
+
+def test_lost_result_still_completes_the_stage() -> None:
+    world = World(spec_of())
+    world.step()
+    job = world.running("prune")
+    world.jobs[job.name] = replace(job, phase=JobPhase.succeeded, active=0, succeeded=1)
+    result = world.step()
+    assert result.status.stages[0].state == "Succeeded"
+    assert "not available" in result.status.stages[0].message
+    assert [r.stage for r in result.create] == ["convert"]
+
+
+def test_reused_result_is_reported() -> None:
+    world = World(spec_of())
+    world.step()
+    world.finish("prune", reused=True)
+    result = world.step()
+    assert result.status.stages[0].message == "reused a cached result"
+
+
+def test_progress_is_kept_across_plans_and_shown_in_the_summary() -> None:
+    world = World(spec_of())
+    world.step()
+    progress = Progress(phase="fine-tune", epoch=3, epochs=10, step=4, steps=50, loss=0.41234)
+    world.status = with_progress(world.status, "prune", progress)
+    assert world.status.summary == "running prune (fine-tune, epoch 3/10, step 4/50, loss 0.4123)"
+    result = world.step()
+    assert result.status.stages[0].progress == progress
+    assert cond(result.status, ConditionType.pruned) == ("False", Reason.running)
+    assert result.status.summary.startswith("running prune (fine-tune, epoch 3/10")
+
+
+def test_conditions_keep_transition_time_until_status_changes() -> None:
+    conds = set_condition([], "Ready", "False", "A", "m", "t1")
+    conds = set_condition(conds, "Ready", "False", "B", "m2", "t2")
+    assert conds[0].last_transition_time == "t1" and conds[0].reason == "B"
+    conds2 = set_condition(conds, "Ready", "True", "C", "", "t3")
+    assert conds2[0].last_transition_time == "t3"
+    assert [e.reason for e in transitions(conds, conds2)] == ["C"]
+    assert transitions(conds2, conds2) == ()
+
+
+def test_job_names_are_deterministic_and_fit() -> None:
+    assert job_name("demo", "prune", 3) == "demo-prune-g3"
+    long = job_name("x" * 63, "benchmark", 12345)
+    assert len(long) == 63 and long == job_name("x" * 63, "benchmark", 12345)
+    assert long != job_name("x" * 63, "benchmark", 12346)
+
+
+def test_fingerprints_drive_job_identity() -> None:
+    # Guard for the contract the planner relies on: an edit changes its stage and later ones.
+    a = spec_fingerprints(spec_of())
+    b = spec_fingerprints(spec_of(benchmark={"durationSeconds": 1.0}))
+    assert [a[s] == b[s] for s in ("prune", "convert", "quantize", "benchmark")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
