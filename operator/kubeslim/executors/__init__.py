@@ -1,0 +1,1 @@
+"""Where stages run: locally (kubeslim run) or as Kubernetes Jobs."""

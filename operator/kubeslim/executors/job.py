@@ -1,0 +1,240 @@
+"""The Job builder: one batch/v1 Job (a plain dict) per stage of a ModelOptimization.
+
+The Job is adopted before it is created (ownerReference to the resource,
+controller and blockOwnerDeletion set), so deleting the resource removes its
+Jobs and their Pods. The name is deterministic, so a second create after a
+restart answers 409 instead of making a duplicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubeslim.api.spec import ModelOptimizationSpec, Resources
+from kubeslim.config import OperatorConfig
+from kubeslim.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_GENERATION,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_STAGE,
+    MANAGED_BY,
+)
+from kubeslim.planner.model import JobRequest
+
+ANNOTATION_FINGERPRINT = f"{GROUP}/fingerprint"
+ANNOTATION_SHARD = f"{GROUP}/shard"
+CONTAINER = "stage"
+SCRATCH = "/scratch"
+TERMINATION_LOG = "/dev/termination-log"
+RUN_AS = 10001
+GPU = "nvidia.com/gpu"
+EXIT_BAD_INPUT = 2  # `kubeslim stage` exits 2 on a bad spec or input: retrying cannot help
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelOptimization a Job belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def artifacts_uri(spec: ModelOptimizationSpec, owner: Owner) -> str:
+    """Each resource writes under <spec.artifacts.uri>/<namespace>/<name>."""
+    return f"{spec.artifacts.uri.rstrip('/')}/{owner.namespace}/{owner.name}"
+
+
+def stage_command(
+    spec: ModelOptimizationSpec, stage: str, owner: Owner, config: OperatorConfig
+) -> list[str]:
+    """What the stage container runs."""
+    spec_json = spec.model_dump_json(exclude_none=True, by_alias=True)
+    return [
+        config.stage_command,
+        "stage",
+        stage,
+        "--spec-json",
+        spec_json,
+        "--artifacts",
+        artifacts_uri(spec, owner),
+        "--result-file",
+        TERMINATION_LOG,
+        "--progress",
+        "log",
+    ]
+
+
+def job_labels(owner: Owner, request: JobRequest) -> dict[str, str]:
+    """Labels on the Job and its Pods: how the operator finds them again."""
+    return {
+        LABEL_NAME: owner.name,
+        LABEL_STAGE: request.stage,
+        LABEL_GENERATION: str(request.generation),
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def build_job(
+    spec: ModelOptimizationSpec, request: JobRequest, owner: Owner, config: OperatorConfig
+) -> dict[str, Any]:
+    """The Job for one stage (shard) of one resource."""
+    execution = spec.execution
+    labels = job_labels(owner, request)
+    annotations = {ANNOTATION_FINGERPRINT: request.fingerprint}
+    if request.shard:
+        annotations[ANNOTATION_SHARD] = request.shard
+    job_spec: dict[str, Any] = {
+        "backoffLimit": execution.backoff_limit,
+        "activeDeadlineSeconds": execution.active_deadline_seconds,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_BAD_INPUT],
+                    },
+                }
+            ]
+        },
+        "template": {
+            "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
+            "spec": pod_spec(spec, request, owner, config),
+        },
+    }
+    if execution.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = execution.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": request.name,
+            "namespace": owner.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": owner.name,
+                    "uid": owner.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }
+
+
+def pod_spec(
+    spec: ModelOptimizationSpec, request: JobRequest, owner: Owner, config: OperatorConfig
+) -> dict[str, Any]:
+    """The stage Pod: locked down, scratch on an emptyDir, datasets on a read-only PVC."""
+    execution = spec.execution
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH}]
+    if execution.dataset_volume is not None:
+        volumes.append(
+            {
+                "name": "datasets",
+                "persistentVolumeClaim": {
+                    "claimName": execution.dataset_volume.claim_name,
+                    "readOnly": True,
+                },
+            }
+        )
+        mounts.append(
+            {"name": "datasets", "mountPath": execution.dataset_volume.mount_path, "readOnly": True}
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": config.trainer_image if request.stage == "prune" else config.runtime_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": stage_command(spec, request.stage, owner, config),
+        "env": _env(config),
+        "resources": _resources(spec, request.stage),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        # A crash before the result is written still leaves the log's tail as the message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.artifacts.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.artifacts.credentials_secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # The stage needs no Kubernetes API access: results go out as the termination message.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    account = execution.service_account_name or config.job_service_account
+    if account:
+        pod["serviceAccountName"] = account
+    if execution.node_selector:
+        pod["nodeSelector"] = dict(execution.node_selector)
+    if execution.tolerations:
+        pod["tolerations"] = [dict(t) for t in execution.tolerations]
+    if execution.affinity:
+        pod["affinity"] = dict(execution.affinity)
+    if execution.priority_class_name:
+        pod["priorityClassName"] = execution.priority_class_name
+    if execution.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in execution.image_pull_secrets]
+    return pod
+
+
+def _resources(spec: ModelOptimizationSpec, stage: str) -> dict[str, dict[str, str]]:
+    """The stage's requests and limits; the prune stage adds one GPU when asked."""
+    chosen: Resources = (
+        spec.execution.prune_resources if stage == "prune" else spec.execution.cpu_resources
+    )
+    requests, limits = dict(chosen.requests), dict(chosen.limits)
+    if stage == "prune" and spec.pruning.gpu:
+        # Extended resources need requests equal to limits.
+        requests[GPU] = limits[GPU] = "1"
+    out: dict[str, dict[str, str]] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _env(config: OperatorConfig) -> list[dict[str, str]]:
+    """Scratch locations on the emptyDir (the root filesystem is read-only), then extras."""
+    env = {
+        "HOME": SCRATCH,
+        "TMPDIR": SCRATCH,
+        "KUBESLIM_CACHE": f"{SCRATCH}/cache",
+        # Progress lines must reach the log while the stage runs, not at exit.
+        "PYTHONUNBUFFERED": "1",
+    }
+    for item in config.extra_env:
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            env[key.strip()] = value
+    return [{"name": k, "value": v} for k, v in env.items()]
