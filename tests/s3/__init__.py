@@ -1,0 +1,1 @@
+"""The S3 test rig: a real radosgw on loopback (see plugin.py)."""
