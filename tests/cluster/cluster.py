@@ -1,0 +1,249 @@
+"""What the `k8s_cluster` fixture yields: a cluster and helpers to use it.
+
+The same object wraps the rig the tests start and a real cluster given by
+`--kubeconfig`, so tests never need to know which one they run against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from tests.cluster.rig import ManagedProcess, Rig
+
+Obj = dict[str, Any]
+Manifests = str | Path | Obj | Iterable[Obj]
+
+FIELD_MANAGER = "kubeslim-tests"
+WAIT_TIMEOUT_S = 60.0
+# Apply order, as Helm does it: what others depend on goes first.
+KIND_ORDER = {
+    "Namespace": 0,
+    "CustomResourceDefinition": 1,
+    "ServiceAccount": 2,
+    "ClusterRole": 2,
+    "Role": 2,
+    "ClusterRoleBinding": 3,
+    "RoleBinding": 3,
+    "ConfigMap": 4,
+    "Secret": 4,
+}
+
+
+def load_manifests(manifests: Manifests) -> list[Obj]:
+    """YAML text, a file or directory of YAML, one dict or dicts -> documents."""
+    if isinstance(manifests, dict):
+        docs: list[Any] = [manifests]
+    elif isinstance(manifests, Path) or (
+        isinstance(manifests, str) and "\n" not in manifests and Path(manifests).exists()
+    ):
+        path = Path(manifests)
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+        docs = [d for f in files for d in yaml.safe_load_all(f.read_text())]
+    elif isinstance(manifests, str):
+        docs = list(yaml.safe_load_all(manifests))
+    else:
+        docs = list(manifests)
+    out: list[Obj] = []
+    for doc in docs:
+        if not doc:
+            continue
+        if doc.get("kind", "").endswith("List") and "items" in doc:
+            out.extend(doc["items"])
+        else:
+            out.append(doc)
+    return out
+
+
+class Cluster:
+    """A Kubernetes cluster the tests can use, with helpers.
+
+    Attributes:
+        kubeconfig: an admin kubeconfig (cluster-admin or system:masters).
+        node_name: the node Pods run on (the rig's fake node, or a real node).
+        rig: the control plane this session started, or None for --kubeconfig.
+    """
+
+    def __init__(self, kubeconfig: Path, work_dir: Path, rig: Rig | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.work_dir = work_dir
+        self.rig = rig
+        self.processes: list[ManagedProcess] = []
+        self._dynamic: DynamicClient | None = None
+        self.node_name = rig.node_name if rig else self._first_node()
+
+    @property
+    def is_rig(self) -> bool:
+        """True when the tests started this control plane (fake kubelet, no images)."""
+        return self.rig is not None
+
+    def api_client(self) -> client.ApiClient:
+        """A new admin ApiClient for this cluster (not $KUBECONFIG)."""
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def _first_node(self) -> str:
+        nodes = client.CoreV1Api(self.api_client()).list_node().items
+        return str(nodes[0].metadata.name) if nodes else ""
+
+    # --- apply ---------------------------------------------------------------------
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        if self._dynamic is None:
+            cache = self.work_dir / "discovery-cache.json"
+            self._dynamic = DynamicClient(self.api_client(), cache_file=str(cache))
+        return self._dynamic
+
+    def apply(self, manifests: Manifests, namespace: str | None = None) -> list[Obj]:
+        """Create or update objects by server-side apply; returns them as stored.
+
+        Namespaced objects without a namespace go to `namespace` or "default".
+        A CustomResourceDefinition is applied before its resources and waited
+        for until Established; a new Namespace until its default ServiceAccount
+        exists (Pods are refused before that).
+        """
+        docs = sorted(load_manifests(manifests), key=lambda d: KIND_ORDER.get(d.get("kind", ""), 5))
+        applied = []
+        for doc in docs:
+            resource = self._resource(doc["apiVersion"], doc["kind"])
+            ns = None
+            if resource.namespaced:
+                ns = doc.get("metadata", {}).get("namespace") or namespace or "default"
+                doc = {**doc, "metadata": {**doc["metadata"], "namespace": ns}}
+            result = self.dynamic.server_side_apply(
+                resource, body=doc, namespace=ns, field_manager=FIELD_MANAGER, force_conflicts=True
+            )
+            applied.append(result.to_dict())
+            if doc["kind"] == "CustomResourceDefinition":
+                self.wait_crd_established(doc["metadata"]["name"])
+            elif doc["kind"] == "Namespace":
+                self._wait_default_service_account(doc["metadata"]["name"])
+        return applied
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        """Look a kind up by discovery, refreshing once for a just-made CRD."""
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            self.dynamic.resources.invalidate_cache()
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def wait_crd_established(self, name: str, timeout: float = WAIT_TIMEOUT_S) -> None:
+        api = client.ApiextensionsV1Api(self.api_client())
+
+        def established() -> bool:
+            crd = api.read_custom_resource_definition(name)
+            conditions = crd.status.conditions or [] if crd.status else []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        wait_for(f"CRD {name} Established", established, timeout)
+        self.dynamic.resources.invalidate_cache()
+
+    def _wait_default_service_account(self, namespace: str) -> None:
+        core = client.CoreV1Api(self.api_client())
+
+        def exists() -> bool:
+            try:
+                core.read_namespaced_service_account("default", namespace)
+                return True
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+
+        wait_for(f"ServiceAccount {namespace}/default", exists, WAIT_TIMEOUT_S)
+
+    # --- identities ----------------------------------------------------------------
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, expiration_seconds: int = 24 * 3600
+    ) -> Path:
+        """A kubeconfig that acts as ServiceAccount namespace/name (created if
+        missing), with a token from the TokenRequest API: RBAC applies for real."""
+        core = client.CoreV1Api(self.api_client())
+        try:
+            core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        request = {"spec": {"audiences": [], "expirationSeconds": expiration_seconds}}
+        resp = core.create_namespaced_service_account_token(
+            name, namespace, request, _preload_content=False
+        )
+        token = json.loads(resp.data)["status"]["token"]
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": self._cluster_entry()}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": name,
+                    "context": {"cluster": "cluster", "user": name, "namespace": namespace},
+                }
+            ],
+            "current-context": name,
+        }
+        path = self.work_dir / f"sa-{namespace}-{name}.kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        path.chmod(0o600)
+        return path
+
+    def _cluster_entry(self) -> Obj:
+        """The admin kubeconfig's current cluster, file paths made absolute."""
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        context_name = doc.get("current-context")
+        context = next(c["context"] for c in doc["contexts"] if c["name"] == context_name)
+        entry = dict(next(c["cluster"] for c in doc["clusters"] if c["name"] == context["cluster"]))
+        if "certificate-authority" in entry:
+            entry["certificate-authority"] = str(
+                self.kubeconfig.parent / entry["certificate-authority"]
+            )
+        return entry
+
+    # --- processes -----------------------------------------------------------------
+
+    def start_process(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        kubeconfig: Path | None = None,
+        name: str | None = None,
+    ) -> ManagedProcess:
+        """Run a command (the operator) against this cluster as a subprocess.
+
+        It sees $KUBECONFIG = `kubeconfig` (the admin one by default, or one
+        from service_account_kubeconfig). `.stop()` sends SIGTERM to its
+        process group and SIGKILL after a timeout; whatever is still running
+        at the end of the session is stopped then.
+        """
+        full_env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig), **(env or {})}
+        label = name or Path(args[0]).name
+        log_path = self.work_dir / "processes" / f"{label}-{len(self.processes)}.log"
+        proc = ManagedProcess(args, log_path, env=full_env)
+        self.processes.append(proc)
+        return proc
+
+    def stop_processes(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+
+
+def wait_for(
+    what: str, condition: Any, timeout: float = WAIT_TIMEOUT_S, interval: float = 0.2
+) -> None:
+    """Poll `condition()` until it is true; TimeoutError naming `what` if not."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

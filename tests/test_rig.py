@@ -1,0 +1,359 @@
+"""Tests of the test control plane itself: real API server semantics, the real
+Job controller and garbage collector, the fake kubelet's Pods and logs, RBAC.
+
+With --kubeconfig they run against that cluster; the image below then
+matters (on the rig it is ignored and `python` is the test environment's).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from tests.cluster.cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+IMAGE = "python:3.11-slim"
+TIMEOUT_S = 120.0
+
+WIDGET_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.rig.kubeslim.dev
+spec:
+  group: rig.kubeslim.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources: {status: {}}
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [size]
+              properties:
+                size: {type: integer, minimum: 1, maximum: 10}
+                color: {type: string, enum: [red, blue], default: red}
+"""
+
+
+@pytest.fixture(scope="module")
+def widget_crd(k8s_cluster: Cluster) -> None:
+    k8s_cluster.apply(WIDGET_CRD)
+
+
+@pytest.fixture
+def namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    name = f"rig-{secrets.token_hex(3)}"
+    k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    client.CoreV1Api(k8s_cluster.api_client()).delete_namespace(name)
+
+
+def job(name: str, script: str, backoff_limit: int = 0, **pod_spec: Any) -> dict[str, Any]:
+    """A Job running `python -c script` once."""
+    container = {
+        "name": "main",
+        "image": IMAGE,
+        "command": ["python", "-c", script],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **pod_spec.pop("container", {}),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [container], **pod_spec}},
+        },
+    }
+
+
+def job_condition(cluster: Cluster, namespace: str, name: str) -> str | None:
+    """The Job's terminal condition type (Complete or Failed), if any."""
+    status = client.BatchV1Api(cluster.api_client()).read_namespaced_job(name, namespace).status
+    for cond in status.conditions or []:
+        if cond.type in ("Complete", "Failed") and cond.status == "True":
+            return str(cond.type)
+    return None
+
+
+def wait_job(cluster: Cluster, namespace: str, name: str) -> str:
+    wait_for(f"job {name} to finish", lambda: job_condition(cluster, namespace, name), TIMEOUT_S)
+    return str(job_condition(cluster, namespace, name))
+
+
+def job_pods(cluster: Cluster, namespace: str, name: str) -> list[Any]:
+    core = client.CoreV1Api(cluster.api_client())
+    return list(core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items)
+
+
+def test_crd_applies_and_invalid_resource_is_rejected(
+    k8s_cluster: Cluster, widget_crd: None
+) -> None:
+    custom = client.CustomObjectsApi(k8s_cluster.api_client())
+    good = {
+        "apiVersion": "rig.kubeslim.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": "good"},
+        "spec": {"size": 3},
+    }
+    stored = k8s_cluster.apply(good, namespace="default")[0]
+    assert stored["spec"] == {"size": 3, "color": "red"}  # the schema default was applied
+
+    for bad_spec, field in (
+        ({"size": 11}, "spec.size"),
+        ({"size": 2, "color": "green"}, "spec.color"),
+    ):
+        bad = {**good, "metadata": {"name": "bad"}, "spec": bad_spec}
+        with pytest.raises(ApiException) as err:
+            custom.create_namespaced_custom_object(
+                "rig.kubeslim.dev", "v1", "default", "widgets", bad
+            )
+        assert err.value.status == 422
+        assert field in err.value.body
+    custom.delete_namespaced_custom_object("rig.kubeslim.dev", "v1", "default", "widgets", "good")
+
+
+def test_job_that_exits_0_completes(k8s_cluster: Cluster, namespace: str) -> None:
+    script = "open('/dev/termination-log', 'w').write('result: ok'); print('working')"
+    k8s_cluster.apply(job("ok", script), namespace=namespace)
+
+    assert wait_job(k8s_cluster, namespace, "ok") == "Complete"
+    (pod,) = job_pods(k8s_cluster, namespace, "ok")
+    assert pod.spec.node_name == k8s_cluster.node_name
+    assert pod.status.phase == "Succeeded"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (0, "Completed")
+    assert terminated.message == "result: ok"
+
+
+def test_job_that_exits_1_is_retried_then_fails(k8s_cluster: Cluster, namespace: str) -> None:
+    script = "import sys; print('attempt failed'); sys.exit(1)"
+    k8s_cluster.apply(job("bad", script, backoff_limit=1), namespace=namespace)
+
+    assert wait_job(k8s_cluster, namespace, "bad") == "Failed"
+    batch = client.BatchV1Api(k8s_cluster.api_client())
+    status = batch.read_namespaced_job("bad", namespace).status
+    assert status.failed == 2  # the first try and one retry
+    reasons = [c.reason for c in status.conditions if c.type == "Failed"]
+    assert reasons == ["BackoffLimitExceeded"]
+    pods = job_pods(k8s_cluster, namespace, "bad")
+    assert len(pods) == 2
+    for pod in pods:
+        terminated = pod.status.container_statuses[0].state.terminated
+        assert (pod.status.phase, terminated.exit_code, terminated.reason) == ("Failed", 1, "Error")
+        # FallbackToLogsOnError: an empty termination message falls back to the log.
+        assert terminated.message == "attempt failed\n"
+
+
+def test_deleting_owner_garbage_collects_jobs_and_pods(
+    k8s_cluster: Cluster, namespace: str, widget_crd: None, tmp_path: Path
+) -> None:
+    owner = k8s_cluster.apply(
+        {
+            "apiVersion": "rig.kubeslim.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": "owner"},
+            "spec": {"size": 1},
+        },
+        namespace=namespace,
+    )[0]
+    reference = {
+        "apiVersion": "rig.kubeslim.dev/v1",
+        "kind": "Widget",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    # The Pod writes its PID to a hostPath volume, so the test can see the process.
+    script = "import os, time; open('/out/pid', 'w').write(str(os.getpid())); time.sleep(600)"
+    child = job(
+        "child",
+        script,
+        container={"volumeMounts": [{"name": "out", "mountPath": "/out"}]},
+        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
+    )
+    child["metadata"]["ownerReferences"] = [reference]
+    k8s_cluster.apply(child, namespace=namespace)
+    core = client.CoreV1Api(k8s_cluster.api_client())
+
+    def running() -> bool:
+        pods = job_pods(k8s_cluster, namespace, "child")
+        return bool(pods) and pods[0].status.phase == "Running"
+
+    wait_for("the child Job's Pod to run", running, TIMEOUT_S)
+    client.CustomObjectsApi(k8s_cluster.api_client()).delete_namespaced_custom_object(
+        "rig.kubeslim.dev", "v1", namespace, "widgets", "owner"
+    )
+
+    def collected() -> bool:
+        jobs = client.BatchV1Api(k8s_cluster.api_client()).list_namespaced_job(namespace).items
+        return not jobs and not core.list_namespaced_pod(namespace).items
+
+    wait_for("the Job and its Pod to be garbage-collected", collected, TIMEOUT_S)
+    if k8s_cluster.is_rig:
+        pid = int((tmp_path / "pid").read_text())
+        wait_for(f"process {pid} to end", lambda: not _alive(pid), 30.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_pod_logs_are_readable_through_the_api(k8s_cluster: Cluster, namespace: str) -> None:
+    script = (
+        "import sys, time\n"
+        "for i in range(1, 6): print(f'line {i}')\n"
+        "print('KUBESLIM_PROGRESS 50', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    k8s_cluster.apply(job("talker", script), namespace=namespace)
+    core = client.CoreV1Api(k8s_cluster.api_client())
+
+    def pod_name() -> str:
+        pods = job_pods(k8s_cluster, namespace, "talker")
+        return str(pods[0].metadata.name) if pods else ""
+
+    wait_for("the Pod", pod_name, TIMEOUT_S)
+    name = pod_name()
+
+    def progress_logged() -> bool:
+        try:
+            return "KUBESLIM_PROGRESS 50" in core.read_namespaced_pod_log(name, namespace)
+        except ApiException:
+            return False  # not started yet
+
+    # The container is still running: logs are readable before it ends.
+    wait_for("the progress line in the log", progress_logged, TIMEOUT_S)
+    assert core.read_namespaced_pod_log(name, namespace, container="main") == (
+        "line 1\nline 2\nline 3\nline 4\nline 5\nKUBESLIM_PROGRESS 50\n"
+    )
+    assert (
+        core.read_namespaced_pod_log(name, namespace, tail_lines=2)
+        == "line 5\nKUBESLIM_PROGRESS 50\n"
+    )
+    stamped = core.read_namespaced_pod_log(name, namespace, tail_lines=1, timestamps=True)
+    assert stamped.endswith("Z KUBESLIM_PROGRESS 50\n")
+
+
+def test_pod_env_volumes_and_working_dir(k8s_cluster: Cluster, namespace: str) -> None:
+    k8s_cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "creds"},
+                "stringData": {"key": "s3cret"},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "settings"},
+                "data": {"MODE": "fast"},
+            },
+        ],
+        namespace=namespace,
+    )
+    script = (
+        "import os\n"
+        "print(os.environ['SECRET'], os.environ['CFG_MODE'], os.environ['POD'], os.environ['NS'])\n"
+        "print(os.path.samefile(os.getcwd(), os.environ['WORK']))\n"
+        "open('/work/note', 'w').write('kept')\n"
+        "print(open(os.environ['WORK'] + '/note').read())\n"
+    )
+    env = [
+        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "WORK", "value": "/work"},
+    ]
+    container = {
+        "env": env,
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+        "workingDir": "/work",
+        "volumeMounts": [{"name": "scratch", "mountPath": "/work"}],
+    }
+    k8s_cluster.apply(
+        job("env", script, container=container, volumes=[{"name": "scratch", "emptyDir": {}}]),
+        namespace=namespace,
+    )
+    assert wait_job(k8s_cluster, namespace, "env") == "Complete"
+    (pod,) = job_pods(k8s_cluster, namespace, "env")
+    text = client.CoreV1Api(k8s_cluster.api_client()).read_namespaced_pod_log(
+        pod.metadata.name, namespace
+    )
+    assert text == f"s3cret fast {pod.metadata.name} {namespace}\nTrue\nkept\n"
+
+
+def test_service_account_kubeconfig_is_limited_by_rbac(
+    k8s_cluster: Cluster, namespace: str
+) -> None:
+    path = k8s_cluster.service_account_kubeconfig(namespace, "reader")
+    as_reader = client.CoreV1Api(config.new_client_from_config(config_file=str(path)))
+
+    with pytest.raises(ApiException) as err:
+        as_reader.list_namespaced_config_map(namespace)
+    assert err.value.status == 403
+
+    k8s_cluster.apply(
+        [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "read-config-maps"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "reader-reads"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "read-config-maps",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+            },
+        ],
+        namespace=namespace,
+    )
+
+    def allowed() -> bool:
+        try:
+            as_reader.list_namespaced_config_map(namespace)
+            return True
+        except ApiException as e:
+            if e.status != 403:
+                raise
+            return False
+
+    wait_for("the RoleBinding to take effect", allowed, 30.0)
+    # The Role is namespaced: other namespaces and other verbs stay forbidden.
+    for call in (
+        lambda: as_reader.list_namespaced_config_map("kube-system"),
+        lambda: as_reader.create_namespaced_config_map(namespace, {"metadata": {"name": "x"}}),
+    ):
+        with pytest.raises(ApiException) as err:
+            call()
+        assert err.value.status == 403
