@@ -192,6 +192,11 @@ def test_s3_multipart_upload_and_download(bucket: str, s3_server: S3Server, tmp_
     assert head["ETag"].strip('"').endswith("-3")
     assert head["ContentLength"] == 12 * MiB
 
+    store.write_bytes("prune/blob.bin", big.read_bytes())
+    assert store.read_bytes("prune/blob.bin") == big.read_bytes()
+    head = s3_server.filesystem().call_s3("head_object", Bucket=bucket, Key="p/prune/blob.bin")
+    assert head["ETag"].strip('"').endswith("-3")
+
 
 @pytest.mark.s3
 def test_s3_failed_multipart_upload_leaves_no_object_and_no_upload(
