@@ -24,6 +24,7 @@ from kubeslim.api.status import (
     ConditionType,
     JobSummary,
     Metrics,
+    ModelOptimizationStatus,
     Reason,
     StageState,
     StageStatus,
@@ -357,18 +358,22 @@ def _stage_condition(entry: StageStatus, reused: bool, walk: _Walk) -> tuple[str
 
 
 def _invalid(inp: PlanInput, err: SpecError) -> Plan:
+    return invalid_spec_plan(inp.status, inp.generation, err, inp.now)
+
+
+def invalid_spec_plan(
+    old: ModelOptimizationStatus, generation: int, err: SpecError, now: str
+) -> Plan:
     """A spec that passed the schema but not the models: say which field, do nothing else."""
-    old = inp.status
     message = f"invalid spec: {err}"
-    gen, now = inp.generation, inp.now
     conds = set_condition(
-        old.conditions, ConditionType.failed, "True", Reason.invalid_spec, message, now, gen
+        old.conditions, ConditionType.failed, "True", Reason.invalid_spec, message, now, generation
     )
     for type_ in (ConditionType.ready, ConditionType.succeeded):
-        conds = set_condition(conds, type_, "False", Reason.invalid_spec, message, now, gen)
+        conds = set_condition(conds, type_, "False", Reason.invalid_spec, message, now, generation)
     status = old.model_copy(
         update={
-            "observed_generation": gen,
+            "observed_generation": generation,
             "state": State.failed,
             "current_stage": None,
             "summary": _cap(message, 1024),

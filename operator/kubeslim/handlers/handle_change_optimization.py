@@ -1,0 +1,19 @@
+"""A ModelOptimization was created, its spec changed, or the operator restarted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kubeslim.handlers.handle_index import running_keys
+from kubeslim.handlers.reconcile import Runtime, reconcile
+from kubeslim.planner import Action
+
+
+def on_change(namespace: str, name: str, running_optimizations: Any, rt: Runtime, **_: Any) -> None:
+    """Plan and act once; Job events and the timer take it from there."""
+    decided = reconcile(rt, namespace, name, running_keys(running_optimizations))
+    if decided is not None and decided.action == Action.invalid_spec:
+        # The Failed condition names the field; retrying cannot help until the spec changes.
+        raise kopf.PermanentError(decided.status.summary)

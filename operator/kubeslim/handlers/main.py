@@ -1,0 +1,95 @@
+"""Wiring: which kopf decorator calls which handler, and `kubeslim operator`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+import kopf
+
+from kubeslim.config import OperatorConfig
+from kubeslim.constants import GROUP, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, PLURAL, VERSION
+from kubeslim.handlers import (
+    handle_change_optimization,
+    handle_delete_optimization,
+    handle_event_job,
+    handle_index,
+    handle_startup,
+    handle_timer_optimization,
+)
+from kubeslim.handlers.kube import Kube
+from kubeslim.handlers.reconcile import Runtime, SlotTable
+
+MOPT = (GROUP, VERSION, PLURAL)
+JOB_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: kopf.PRESENT}
+
+
+def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """Attach every handler to the registry; each gets the shared runtime as `rt`."""
+    config = rt.config
+
+    def bound(fn: Any) -> Any:
+        return functools.partial(fn, rt=rt)
+
+    kopf.on.startup(registry=registry, id="configure")(handle_startup.configure_kopf)
+    kopf.index(*MOPT, registry=registry, id="running_optimizations")(
+        handle_index.running_optimizations
+    )
+    change = bound(handle_change_optimization.on_change)
+    kopf.on.create(*MOPT, registry=registry, id="create")(change)
+    kopf.on.update(*MOPT, registry=registry, id="update", field="spec")(change)
+    kopf.on.resume(*MOPT, registry=registry, id="resume")(change)
+    kopf.on.delete(*MOPT, registry=registry, id="release", optional=True)(
+        bound(handle_delete_optimization.on_delete)
+    )
+    kopf.timer(
+        *MOPT,
+        registry=registry,
+        id="progress",
+        interval=config.progress_interval,
+        initial_delay=config.progress_interval,
+        when=handle_timer_optimization.unsettled,
+    )(bound(handle_timer_optimization.on_timer))
+    kopf.on.event("batch", "v1", "jobs", registry=registry, id="job", labels=JOB_LABELS)(
+        bound(handle_event_job.on_job_event)
+    )
+
+
+def operator_kwargs(config: OperatorConfig) -> dict[str, Any]:
+    """kopf.operator's arguments: scope, peering, liveness endpoint, registry."""
+    rt = Runtime(config=config, kube=Kube.connect(), table=SlotTable(config.max_concurrent))
+    registry = kopf.OperatorRegistry()
+    register(registry, rt)
+    kwargs: dict[str, Any] = {
+        "registry": registry,
+        "clusterwide": not config.namespaces,
+        "namespaces": list(config.namespaces),
+        "priority": config.priority,
+    }
+    if config.peering:
+        kwargs["peering_name"] = config.peering  # two replicas: only the highest priority acts
+    else:
+        kwargs["standalone"] = True
+    if config.health_port:
+        kwargs["liveness_endpoint"] = f"http://0.0.0.0:{config.health_port}/healthz"
+    return kwargs
+
+
+async def serve(config: OperatorConfig, **flags: Any) -> None:
+    """Run until stopped (flags: kopf's stop_flag, ready_flag)."""
+    await kopf.operator(**operator_kwargs(config), **flags)
+
+
+def run_operator(config: OperatorConfig, verbose: bool = False) -> int:
+    """`kubeslim operator`: run in the foreground until SIGTERM/SIGINT."""
+    kopf.configure(verbose=verbose)
+    logging.getLogger("kubeslim").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    scope = ", ".join(config.namespaces) or "all namespaces"
+    logging.getLogger("kubeslim.operator").info(
+        "watching %s; at most %d optimizations at once", scope, config.max_concurrent
+    )
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,228 @@
+"""One reconciliation of one ModelOptimization: observe, plan, act.
+
+Every entry point (resource created/updated/resumed, a Job changed, the timer)
+calls `reconcile`, which reads the resource fresh, so the order in which
+events arrive does not matter. A lock per resource keeps two threads of this
+process from acting on the same one at once; a shared lock around planning
+keeps the concurrency limit exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from kubeslim.api.manifest import parse_spec
+from kubeslim.api.spec import ModelOptimizationSpec
+from kubeslim.api.status import ModelOptimizationStatus, now_rfc3339
+from kubeslim.config import OperatorConfig
+from kubeslim.errors import SpecError
+from kubeslim.executors.job import Owner, build_job
+from kubeslim.handlers.kube import Kube, api_error
+from kubeslim.handlers.observe import (
+    dump_status,
+    failure_text,
+    latest_progress,
+    merge_patch,
+    observe_job,
+    owned_by,
+    read_status,
+    stage_result,
+)
+from kubeslim.planner import Action, JobPhase, ObservedJob, Plan, PlanInput, Slots, plan
+from kubeslim.planner.plan import invalid_spec_plan
+from kubeslim.planner.status import stage_entry, with_progress
+
+log = logging.getLogger("kubeslim.operator")
+PROGRESS_LOG_LINES = 200
+
+
+@dataclass
+class SlotTable:
+    """Which optimizations hold one of the `max_concurrent` slots, in this process."""
+
+    limit: int
+    claims: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def slots(self, running: Iterable[str]) -> Slots:
+        """Holders: those whose status says Running (the index) plus fresh claims."""
+        return Slots(limit=self.limit, holders=frozenset(self.claims) | frozenset(running))
+
+    def settle(self, key: str, holds: bool) -> None:
+        """Record the planner's verdict (called under `lock`)."""
+        if holds:
+            self.claims.add(key)
+        else:
+            self.claims.discard(key)
+
+
+@dataclass
+class Runtime:
+    """What every handler shares: configuration, API clients, slots, locks."""
+
+    config: OperatorConfig
+    kube: Kube
+    table: SlotTable
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: str) -> threading.Lock:
+        """The lock of one resource."""
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+def reconcile(
+    rt: Runtime,
+    namespace: str,
+    name: str,
+    running: Iterable[str] = (),
+    progress: bool = False,
+) -> Plan | None:
+    """Bring one resource one step further; None when it is gone."""
+    key = f"{namespace}/{name}"
+    with rt.lock(key):
+        body = rt.kube.get_optimization(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            with rt.table.lock:
+                rt.table.settle(key, False)
+            return None
+        spec = _parse(body)
+        jobs = _observe(rt, body, spec)
+        status = read_status(body)
+        with rt.table.lock:
+            decided = plan(
+                PlanInput(
+                    name=name,
+                    namespace=namespace,
+                    generation=int(body["metadata"].get("generation") or 1),
+                    spec=spec,
+                    status=status,
+                    jobs=jobs,
+                    slots=rt.table.slots(running),
+                    now=now_rfc3339(),
+                )
+            )
+            rt.table.settle(key, decided.holds_slot)
+        decided = _act(rt, body, spec, decided)
+        new_status = decided.status
+        if progress and decided.action in (Action.wait, Action.create_jobs) and decided.stage:
+            new_status = _with_progress(rt, namespace, new_status, decided.stage, jobs)
+        patch = merge_patch(body.get("status") or {}, dump_status(new_status))
+        if patch:
+            rt.kube.patch_status(namespace, name, patch)
+        for event in decided.events:
+            kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
+        return decided
+
+
+def _parse(body: dict[str, Any]) -> ModelOptimizationSpec | SpecError:
+    try:
+        return parse_spec(body.get("spec") or {})
+    except SpecError as err:
+        return err
+
+
+def _observe(
+    rt: Runtime, body: dict[str, Any], spec: ModelOptimizationSpec | SpecError
+) -> list[ObservedJob]:
+    """This resource's Jobs; finished ones not yet recorded get their Pod's result or failure."""
+    namespace, uid = body["metadata"]["namespace"], body["metadata"].get("uid", "")
+    status = read_status(body)
+    out = []
+    for raw in rt.kube.list_jobs(namespace, body["metadata"]["name"]):
+        if not owned_by(raw, uid):
+            continue
+        job = observe_job(raw)
+        entry = stage_entry(status, job.stage)
+        recorded = (
+            entry is not None
+            and entry.fingerprint == job.fingerprint
+            and entry.state in ("Succeeded", "Failed")
+            and entry.job_name == job.name
+        )
+        if job.phase != JobPhase.active and not recorded:
+            job = _details(rt, namespace, job)
+        out.append(job)
+    return out
+
+
+def _details(rt: Runtime, namespace: str, job: ObservedJob) -> ObservedJob:
+    """Read the result (success) or the reason and log tail (failure) from the Job's Pods."""
+    pods = rt.kube.list_job_pods(namespace, job.name)
+    if job.phase == JobPhase.succeeded:
+        return replace(job, result=stage_result(pods))
+    tail = ""
+    if pods:
+        tail = rt.kube.pod_log_tail(
+            namespace, pods[-1]["metadata"]["name"], rt.config.log_tail_lines
+        )
+    return replace(job, failure=failure_text(job.failure, pods, tail))
+
+
+def _act(
+    rt: Runtime,
+    body: dict[str, Any],
+    spec: ModelOptimizationSpec | SpecError,
+    decided: Plan,
+) -> Plan:
+    """Delete stale Jobs and create the planned ones; a rejected Job fails the resource."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    for stale in decided.delete:
+        log.info("deleting Job %s/%s of an earlier spec", namespace, stale)
+        rt.kube.delete_job(namespace, stale)
+    if not decided.create or isinstance(spec, SpecError):
+        return decided
+    owner = Owner(name=meta["name"], namespace=namespace, uid=meta.get("uid", ""))
+    for request in decided.create:
+        job = build_job(spec, request, owner, rt.config)
+        try:
+            made = rt.kube.create_job(namespace, job)
+        except ApiException as err:
+            if err.status not in (400, 422):
+                raise  # transient: kopf retries the handler
+            return _rejected(decided, request.name, api_error(err))
+        log.info("%s Job %s/%s", "created" if made else "found", namespace, request.name)
+    return decided
+
+
+def _rejected(decided: Plan, job: str, why: str) -> Plan:
+    """The API server refused the Job: the spec (resources, names) is at fault."""
+    err = SpecError("spec.execution", f"the API server rejected Job {job}: {why}")
+    status = decided.status
+    again = invalid_spec_plan(status, status.observed_generation or 0, err, now_rfc3339())
+    return Plan(
+        action=again.action,
+        status=again.status,
+        events=decided.events + again.events,
+        extra=again.extra,
+    )
+
+
+def _with_progress(
+    rt: Runtime,
+    namespace: str,
+    status: ModelOptimizationStatus,
+    stage: str,
+    jobs: list[ObservedJob],
+) -> ModelOptimizationStatus:
+    """Copy the running stage's latest progress line from its Pod's log into the status."""
+    entry = stage_entry(status, stage)
+    job = next((j for j in jobs if entry and j.name == entry.job_name), None)
+    if job is None or job.phase != JobPhase.active:
+        return status
+    pods = rt.kube.list_job_pods(namespace, job.name)
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    if not running:
+        return status
+    text = rt.kube.pod_log_tail(namespace, running[-1]["metadata"]["name"], PROGRESS_LOG_LINES)
+    found = latest_progress(text)
+    return status if found is None else with_progress(status, stage, found)

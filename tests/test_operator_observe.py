@@ -1,0 +1,151 @@
+"""The operator's translation of Jobs, Pods and logs into planner data (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kopf
+
+from kubeslim.api.status import ModelOptimizationStatus, Progress
+from kubeslim.config import OperatorConfig
+from kubeslim.constants import PROGRESS_MARKER
+from kubeslim.handlers.handle_index import running_keys, running_optimizations
+from kubeslim.handlers.handle_timer_optimization import unsettled
+from kubeslim.handlers.main import register
+from kubeslim.handlers.observe import (
+    dump_status,
+    failure_text,
+    latest_progress,
+    merge_patch,
+    observe_job,
+    owned_by,
+    read_status,
+    stage_result,
+)
+from kubeslim.handlers.reconcile import Runtime, SlotTable
+from kubeslim.planner import JobPhase
+
+JOB: dict[str, Any] = {
+    "metadata": {
+        "name": "demo-prune-g2",
+        "labels": {"kubeslim.dev/stage": "prune", "kubeslim.dev/generation": "2"},
+        "annotations": {"kubeslim.dev/fingerprint": "f" * 64},
+        "ownerReferences": [{"uid": "u1", "controller": True}],
+    },
+    "status": {"active": 1, "startTime": "2026-11-27T07:00:00Z"},
+}
+
+
+def pod(exit_code: int | None, message: str = "", reason: str = "") -> dict[str, Any]:
+    state: dict[str, Any] = {"running": {}}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "message": message, "reason": reason}}
+    return {
+        "metadata": {"name": "p"},
+        "status": {"containerStatuses": [{"name": "stage", "state": state}]},
+    }
+
+
+def test_running_job() -> None:
+    job = observe_job(JOB)
+    assert (job.name, job.stage, job.generation, job.phase) == (
+        "demo-prune-g2",
+        "prune",
+        2,
+        JobPhase.active,
+    )
+    assert job.fingerprint == "f" * 64 and job.active == 1
+    assert job.start_time == "2026-11-27T07:00:00Z"
+    assert owned_by(JOB, "u1") and not owned_by(JOB, "u2")
+
+
+def test_finished_jobs() -> None:
+    done = {
+        **JOB,
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    assert observe_job(done).phase == JobPhase.succeeded
+    failed_cond = {
+        "type": "Failed",
+        "status": "True",
+        "reason": "BackoffLimitExceeded",
+        "message": "Job has reached the specified backoff limit",
+    }
+    failed = observe_job({**JOB, "status": {"failed": 3, "conditions": [failed_cond]}})
+    assert failed.phase == JobPhase.failed and failed.failed == 3
+    assert failed.failure.startswith("BackoffLimitExceeded: Job has reached")
+
+
+def test_result_from_termination_message() -> None:
+    result = {"stage": "prune", "outputs": {"model": "file:///x"}, "durationSeconds": 2.0}
+    pods = [pod(1, "boom"), pod(0, json.dumps(result))]
+    assert stage_result(pods) == result
+    assert stage_result([pod(0, "not json")]) is None
+    assert stage_result([pod(None)]) is None
+
+
+def test_failure_text_has_exit_and_log_tail() -> None:
+    text = failure_text("BackoffLimitExceeded", [pod(2, "fallback", "Error")], "line1\nerror: bad")
+    assert text.splitlines()[:2] == ["BackoffLimitExceeded", "container exited 2 (Error)"]
+    assert text.endswith("log tail:\nline1\nerror: bad")
+    # Without a readable log, the termination message (the log tail kept by the kubelet).
+    assert failure_text("", [pod(1, "Traceback...")], "").endswith("Traceback...")
+
+
+def test_latest_progress_line_wins() -> None:
+    log = "\n".join(
+        [
+            PROGRESS_MARKER + json.dumps({"phase": "fine-tune", "epoch": 1, "epochs": 3}),
+            "some other output",
+            PROGRESS_MARKER + json.dumps({"phase": "fine-tune", "epoch": 2, "epochs": 3, "x": 1}),
+            PROGRESS_MARKER + "{broken",
+        ]
+    )
+    assert latest_progress(log) == Progress(phase="fine-tune", epoch=2, epochs=3)
+    assert latest_progress("nothing here") is None
+
+
+def test_merge_patch_deletes_what_is_gone() -> None:
+    old = {"state": "Running", "artifacts": {"onnx": "a", "ir": "b"}, "metrics": {"speedup": 2}}
+    new = {"state": "Running", "artifacts": {"onnx": "a"}}
+    assert merge_patch(old, new) == {"artifacts": {"ir": None}, "metrics": None}
+    assert merge_patch(new, new) == {}
+    assert merge_patch({"stages": [1, 2]}, {"stages": [1]}) == {"stages": [1]}
+
+
+def test_status_round_trip_and_mangled_status() -> None:
+    status = ModelOptimizationStatus(summary="x")
+    assert read_status({"status": dump_status(status)}) == status
+    assert read_status({"status": {"state": "Exploded"}}) == ModelOptimizationStatus()
+    assert "null" not in json.dumps(dump_status(status))
+
+
+def test_index_and_timer_filters() -> None:
+    assert running_optimizations("ns", "a", {"state": "Running"}) == {"running": "ns/a"}
+    assert running_optimizations("ns", "a", {"state": "Waiting"}) is None
+    assert running_keys({"running": ["ns/a"]}) == ["ns/a"] and running_keys(None) == []
+    assert unsettled({"state": "Running"}, {"generation": 1})
+    assert not unsettled({"state": "Succeeded", "observedGeneration": 1}, {"generation": 1})
+    assert unsettled({"state": "Failed", "observedGeneration": 1}, {"generation": 2})
+
+
+def test_slot_table_claims() -> None:
+    table = SlotTable(limit=1)
+    table.settle("ns/a", True)
+    assert not table.slots([]).free_for("ns/b")
+    assert table.slots([]).free_for("ns/a")
+    table.settle("ns/a", False)
+    assert table.slots([]).free_for("ns/b")
+    assert not table.slots(["ns/c"]).free_for("ns/b")
+
+
+def test_handlers_register() -> None:
+    registry = kopf.OperatorRegistry()
+    rt = Runtime(config=OperatorConfig(), kube=None, table=SlotTable(1))  # type: ignore[arg-type]
+    register(registry, rt)
+    ids = {h.id for h in registry._changing.get_all_handlers()}
+    assert {"create", "update/spec", "resume", "release"} <= ids
+    assert [h.id for h in registry._spawning.get_all_handlers()] == ["progress"]
+    assert [h.id for h in registry._watching.get_all_handlers()] == ["job"]
+    assert [h.id for h in registry._indexing.get_all_handlers()] == ["running_optimizations"]
