@@ -1,0 +1,518 @@
+"""The operator against a real control plane (the `k8s_cluster` fixture).
+
+The operator runs as a subprocess (`python -m kubeslim operator`) under a
+ServiceAccount that has exactly the API access docs/operator.md lists, so these
+tests also prove that table sufficient.
+
+Most tests run a stand-in stage command: this file itself, run as a script,
+follows the stage contract (progress lines on stdout, result.json in the
+artifacts, the compact StageResult as termination message, exit 1 with
+"error: ..." on failure) and takes its orders from a control.json the test
+puts in the resource's artifacts folder, so a test can hold a stage running
+(until a release file appears) or make it fail, without timing. The full
+pipeline test runs the real `kubeslim stage` on the digits dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD_FILE = ROOT / "crds" / "modeloptimizations.kubeslim.dev.yaml"
+GROUP, VERSION, PLURAL = "kubeslim.dev", "v1alpha1", "modeloptimizations"
+OPERATOR_NS = "kubeslim-system"
+TIMEOUT = 180.0
+
+# docs/operator.md, "API access the operator needs": keep the two in step.
+RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["kubeslim.dev"],
+        "resources": ["modeloptimizations"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {"apiGroups": ["kubeslim.dev"], "resources": ["modeloptimizations/status"], "verbs": ["patch"]},
+    {
+        "apiGroups": ["kubeslim.dev"],
+        "resources": ["modeloptimizations/finalizers"],
+        "verbs": ["update"],
+    },
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+SPEC: dict[str, Any] = {
+    "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+    "dataset": {"name": "digits"},
+    "execution": {"backoffLimit": 0, "ttlSecondsAfterFinished": None},
+}
+
+
+# --- the stand-in stage (this file run as a script) ------------------------------------
+
+
+def standin_stage(argv: list[str]) -> int:
+    """`<this file> stage NAME --spec-json J --artifacts DIR --result-file F --progress log`."""
+    from kubeslim.stages.result import StageResult
+
+    stage = argv[1]
+    opts = dict(zip(argv[2::2], argv[3::2], strict=False))
+    artifacts = Path(opts["--artifacts"])
+    control = json.loads((artifacts / "control.json").read_text())
+    for step in range(1, 4):
+        progress = {"phase": "work", "step": step, "steps": 3, "loss": 1.0 / step}
+        print("KUBESLIM_PROGRESS " + json.dumps(progress), flush=True)
+    if stage in control.get("gate", []):
+        release = artifacts / f"release-{stage}"
+        while not release.exists():
+            time.sleep(0.1)
+    if stage in control.get("fail", {}):
+        print(f"error: {control['fail'][stage]}", file=sys.stderr, flush=True)
+        return 1
+    outputs = {
+        "prune": {"model": "model.pt"},
+        "convert": {"onnx": "model.onnx", "ir": "model.xml"},
+        "quantize": {"int8_ir": "int8.xml"},
+        "benchmark": {"report": "report.json"},
+    }[stage]
+    metrics: dict[str, Any] = {}
+    if stage == "benchmark":
+        metrics = {
+            "baseline": {"accuracy": 0.9, "throughputFps": 100.0, "sizeBytes": 4000},
+            "optimized": {"accuracy": 0.89, "throughputFps": 300.0, "sizeBytes": 1000},
+        }
+    out = artifacts / stage
+    out.mkdir(parents=True, exist_ok=True)
+    result = StageResult(
+        stage=stage,
+        fingerprint="standin",
+        outputs={k: str(out / v) for k, v in outputs.items()},
+        metrics=metrics,
+        duration_seconds=0.1,
+        result_uri=str(out / "result.json"),
+    )
+    (out / "result.json").write_text(result.model_dump_json())
+    Path(opts["--result-file"]).write_text(result.compact())
+    return 0
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Env:
+    """The namespace, API clients and the running operator of this module."""
+
+    def __init__(self, cluster: Any, namespace: str, work: Path) -> None:
+        from kubernetes import client
+
+        self.cluster = cluster
+        self.namespace = namespace
+        self.work = work
+        self.artifacts = work / "artifacts"
+        api = cluster.api_client()
+        self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.ext = client.ApiextensionsV1Api(api)
+        self.operator: Any = None
+        self.stage_command = str(self._standin_wrapper())
+        self.kubeconfig = self._operator_identity()
+
+    def _standin_wrapper(self) -> Path:
+        wrapper = self.work / "kubeslim-standin"
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} "$@"\n')
+        wrapper.chmod(0o755)
+        return wrapper
+
+    def _operator_identity(self) -> Path:
+        name = "kubeslim-operator"
+        self.cluster.apply(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "metadata": {"name": name},
+                    "rules": RULES,
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": name},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": name,
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": name, "namespace": OPERATOR_NS}
+                    ],
+                },
+            ]
+        )
+        return Path(self.cluster.service_account_kubeconfig(OPERATOR_NS, name))
+
+    def start_operator(self, stage_command: str | None = None, max_concurrent: int = 1) -> None:
+        port = _free_port()
+        env = {
+            "KUBESLIM_STAGE_COMMAND": stage_command or self.stage_command,
+            "KUBESLIM_PROGRESS_INTERVAL": "1",
+            "KUBESLIM_MAX_CONCURRENT": str(max_concurrent),
+            "KUBESLIM_HEALTH_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.operator = self.cluster.start_process(
+            [sys.executable, "-m", "kubeslim", "operator", "--namespace", self.namespace],
+            env=env,
+            kubeconfig=self.kubeconfig,
+            name="kubeslim-operator",
+        )
+        self.operator.wait_for_output("watching " + self.namespace, timeout=60)
+        _wait(
+            "the operator's /healthz",
+            lambda: _healthy(port),
+            self.operator,
+        )
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
+
+    # --- resources ---
+
+    def create(self, name: str, spec: dict[str, Any], control: dict[str, Any]) -> None:
+        folder = self.artifacts / self.namespace / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "control.json").write_text(json.dumps(control))
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelOptimization",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {**spec, "artifacts": {"uri": str(self.artifacts)}},
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def release(self, name: str, stage: str) -> None:
+        (self.artifacts / self.namespace / name / f"release-{stage}").touch()
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        for cond in self.status(name).get("conditions", []):
+            if cond["type"] == type_:
+                return dict(cond)
+        return {}
+
+    def jobs(self, name: str) -> list[str]:
+        selector = f"kubeslim.dev/modeloptimization={name}"
+        items = self.batch.list_namespaced_job(self.namespace, label_selector=selector).items
+        return sorted(j.metadata.name for j in items)
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}"
+        ).items
+        return [(e.reason, e.message) for e in items]
+
+    def wait_state(self, name: str, state: str, generation: int = 1) -> dict[str, Any]:
+        def reached() -> bool:
+            status = self.status(name)
+            return status.get("state") == state and status.get("observedGeneration") == generation
+
+        _wait(f"{name} {state} (generation {generation})", reached, self.operator)
+        return self.status(name)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name
+            )
+
+
+def _healthy(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as rsp:
+            return bool(rsp.status == 200)
+    except OSError:
+        return False
+
+
+def _wait(
+    what: str, condition: Callable[[], bool], operator: Any, timeout: float = TIMEOUT
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if operator is not None and operator.returncode is not None:
+            raise AssertionError(
+                f"the operator exited while waiting for {what}:\n{operator.tail()}"
+            )
+        if time.monotonic() > deadline:
+            tail = operator.tail() if operator is not None else ""
+            raise AssertionError(f"timed out waiting for {what}; operator log:\n{tail}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def env(k8s_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    k8s_cluster.apply(CRD_FILE)
+    namespace = "mopt-tests"
+    k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    environment = Env(k8s_cluster, namespace, tmp_path_factory.mktemp("operator"))
+    environment.start_operator()
+    try:
+        yield environment
+    finally:
+        environment.stop_operator()
+
+
+# --- the tests ------------------------------------------------------------------------
+
+
+def test_invalid_resource_is_rejected_by_the_api_server(env: Env) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    both = {**SPEC, "model": {"architecture": "resnet18", "entryPoint": "pkg.mod:build"}}
+    with pytest.raises(ApiException) as err:
+        env.create("both-sources", both, {})
+    assert err.value.status == 422
+    assert "exactly one of architecture and entryPoint must be set" in str(err.value.body)
+    bad_enum = {**SPEC, "dataset": {"name": "imagenet"}}
+    with pytest.raises(ApiException) as err:
+        env.create("bad-enum", bad_enum, {})
+    assert err.value.status == 422 and "spec.dataset.name" in str(err.value.body)
+    bad_rate = {**SPEC, "pruning": {"target": {"filterRate": 1.0}}}
+    with pytest.raises(ApiException) as err:
+        env.create("bad-rate", bad_rate, {})
+    assert "spec.pruning.target.filterRate" in str(err.value.body)
+
+
+def test_pipeline_succeeds_with_metrics_artifacts_progress_and_events(env: Env) -> None:
+    env.create("happy", SPEC, {"gate": ["prune"]})
+    # Held in prune: the progress lines reach the status through the Pod log.
+    _wait(
+        "prune progress in status",
+        lambda: bool((env.status("happy").get("stages") or [{}])[0].get("progress")),
+        env.operator,
+    )
+    status = env.status("happy")
+    assert status["state"] == "Running" and status["currentStage"] == "prune"
+    assert status["stages"][0]["progress"]["steps"] == 3
+    assert status["summary"].startswith("running prune (work")
+    env.release("happy", "prune")
+    status = env.wait_state("happy", "Succeeded")
+    assert env.jobs("happy") == [
+        "happy-benchmark-g1",
+        "happy-convert-g1",
+        "happy-prune-g1",
+        "happy-quantize-g1",
+    ]
+    assert status["metrics"]["speedup"] == 3.0 and status["metrics"]["sizeReduction"] == 4.0
+    assert (status["speedup"], status["sizeReduction"], status["accuracyDrop"]) == (
+        "3.00x",
+        "4.00x",
+        "1.00pt",
+    )
+    assert status["artifacts"]["int8Ir"].endswith("quantize/int8.xml")
+    assert status["artifacts"]["prunedModel"].endswith("prune/model.pt")
+    assert all(s["state"] == "Succeeded" for s in status["stages"])
+    assert all(s["jobName"] and s["resultUri"] for s in status["stages"])
+    assert env.condition("happy", "Ready")["status"] == "True"
+    assert "kopf" not in json.dumps(status)  # kopf's state stays in annotations
+    annotations = env.get("happy")["metadata"].get("annotations") or {}
+    assert any(k.startswith("kubeslim.dev/") for k in annotations)
+    reasons = [r for r, _ in env.events("happy")]
+    assert "JobCreated" in reasons and "AllStagesCompleted" in reasons
+
+    # A spec edit re-runs from the first changed stage (quantize) and reuses the rest.
+    env.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        env.namespace,
+        PLURAL,
+        "happy",
+        {"spec": {"quantization": {"preset": "mixed"}}},
+        _content_type="application/merge-patch+json",
+    )
+    status = env.wait_state("happy", "Succeeded", generation=2)
+    assert env.jobs("happy") == [
+        "happy-benchmark-g1",
+        "happy-benchmark-g2",
+        "happy-convert-g1",
+        "happy-prune-g1",
+        "happy-quantize-g1",
+        "happy-quantize-g2",
+    ]
+    assert env.condition("happy", "Pruned")["reason"] == "Reused"
+    assert env.condition("happy", "Quantized")["reason"] == "Completed"
+
+    # Deleting the resource removes its Jobs (ownerReferences, garbage collector).
+    env.delete("happy")
+    _wait("the resource to go", lambda: "happy" not in _names(env), env.operator)
+    _wait("its Jobs to go", lambda: not env.jobs("happy"), env.operator)
+
+
+def test_operator_restart_mid_run_neither_duplicates_nor_loses_a_job(env: Env) -> None:
+    env.create("restart", SPEC, {"gate": ["convert"]})
+    _wait(
+        "convert running",
+        lambda: env.status("restart").get("currentStage") == "convert",
+        env.operator,
+    )
+    env.stop_operator()
+    env.release("restart", "convert")  # it finishes while no operator watches
+    env.start_operator()
+    env.wait_state("restart", "Succeeded")
+    assert env.jobs("restart") == [
+        "restart-benchmark-g1",
+        "restart-convert-g1",
+        "restart-prune-g1",
+        "restart-quantize-g1",
+    ]
+    assert all(s["attempts"] == 1 for s in env.status("restart")["stages"])
+    env.delete("restart")
+
+
+def test_job_failure_gives_a_failed_condition_with_the_log_tail(env: Env) -> None:
+    env.create("broken", SPEC, {"fail": {"quantize": "calibration data is empty"}})
+    status = env.wait_state("broken", "Failed")
+    failed = env.condition("broken", "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "JobFailed"
+    assert "broken-quantize-g1" in failed["message"]
+    assert "error: calibration data is empty" in failed["message"]
+    assert status["currentStage"] == "quantize"
+    assert env.condition("broken", "Quantized")["reason"] == "JobFailed"
+    assert any(r == "JobFailed" for r, _ in env.events("broken"))
+    # No crash loop: nothing after the failed stage is created, the operator keeps running.
+    assert "broken-benchmark-g1" not in env.jobs("broken")
+    assert env.operator.returncode is None
+    env.delete("broken")
+
+
+def test_spec_the_operator_rejects_gets_invalid_spec(env: Env) -> None:
+    # A cluster whose CRD lags the operator (no CEL rules) lets this through;
+    # the operator's own validation then names the field.
+    crd = env.ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+    original = env.cluster.api_client().sanitize_for_serialization(crd)
+    loose = json.loads(json.dumps(original))
+    spec_schema = loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"]["model"].pop("x-kubernetes-validations")
+    env.ext.replace_custom_resource_definition(f"{PLURAL}.{GROUP}", loose)
+    try:
+        both = {**SPEC, "model": {"architecture": "resnet18", "entryPoint": "pkg.mod:build"}}
+        _wait("the looser CRD", lambda: _try_create(env, "invalid", both), env.operator)
+        status = env.wait_state("invalid", "Failed")
+        failed = env.condition("invalid", "Failed")
+        assert failed["reason"] == "InvalidSpec"
+        assert failed["message"].startswith("invalid spec: spec.model:")
+        assert status["summary"].startswith("invalid spec: spec.model")
+        assert env.jobs("invalid") == []
+        assert env.operator.returncode is None
+    finally:
+        current = env.ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        original["metadata"]["resourceVersion"] = current.metadata.resource_version
+        env.ext.replace_custom_resource_definition(f"{PLURAL}.{GROUP}", original)
+        env.delete("invalid")
+
+
+def test_concurrency_limit_makes_the_second_wait(env: Env) -> None:
+    env.create("first", SPEC, {"gate": ["prune"]})
+    _wait("first running", lambda: env.status("first").get("state") == "Running", env.operator)
+    env.create("second", SPEC, {})
+    _wait(
+        "second waiting",
+        lambda: env.condition("second", "Waiting").get("status") == "True",
+        env.operator,
+    )
+    assert env.condition("second", "Waiting")["reason"] == "WaitingForCapacity"
+    assert env.jobs("second") == []
+    env.release("first", "prune")
+    env.wait_state("first", "Succeeded")
+    env.wait_state("second", "Succeeded")
+    env.delete("first")
+    env.delete("second")
+
+
+@pytest.mark.slow
+def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
+    if importlib.util.find_spec("kubeslim.stages.runner") is None:
+        pytest.skip("`kubeslim stage` is not implemented yet (kubeslim.stages.runner)")
+    kubeslim = shutil.which("kubeslim", path=str(Path(sys.executable).parent))
+    assert kubeslim, "the kubeslim console script is not installed"
+    env.stop_operator()
+    env.start_operator(stage_command=kubeslim)
+    try:
+        spec = {
+            "model": {
+                "architecture": "resnet18",
+                "numClasses": 10,
+                "inputShape": [1, 8, 8],
+                "stem": "small",
+            },
+            "dataset": {"name": "digits", "calibrationSize": 64},
+            "pruning": {"target": {"filterRate": 0.3}, "fineTune": {"epochs": 1}},
+            "quantization": {"subsetSize": 64},
+            "benchmark": {"durationSeconds": 0.5, "modes": ["latency"]},
+            "execution": {"backoffLimit": 0},
+        }
+        env.create("digits", spec, {})
+        status = env.wait_state("digits", "Succeeded")
+        assert status["metrics"]["optimized"]["accuracy"] > 0
+        assert status["artifacts"]["int8Ir"]
+        env.delete("digits")
+    finally:
+        env.stop_operator()
+        env.start_operator()
+
+
+def _try_create(env: Env, name: str, spec: dict[str, Any]) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        env.create(name, spec, {})
+    except ApiException as err:
+        if err.status == 422:
+            return False
+        raise
+    return True
+
+
+def _names(env: Env) -> list[str]:
+    items = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL)
+    return [i["metadata"]["name"] for i in items["items"]]
+
+
+if __name__ == "__main__":
+    # The stand-in stage: `kubeslim-standin stage NAME ...` (see standin_stage).
+    sys.path.insert(0, str(ROOT / "operator"))
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(standin_stage(sys.argv[1:]))
