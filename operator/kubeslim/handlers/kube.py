@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from kubeslim.constants import GROUP, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, PLURAL, VERSION
+from kubeslim.errors import KubeslimError
 
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 
@@ -34,7 +35,12 @@ class Kube:
         try:
             config.load_incluster_config()
         except ConfigException:
-            config.load_kube_config()
+            try:
+                config.load_kube_config()
+            except (ConfigException, OSError) as err:
+                raise KubeslimError(
+                    f"no cluster credentials: not in a Pod, and no usable kubeconfig ({err})"
+                ) from None
         api = client.ApiClient()
         return cls(api, client.BatchV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api))
 
