@@ -38,6 +38,7 @@ from kubeslim.handlers.observe import (
 from kubeslim.planner import Action, JobPhase, ObservedJob, Plan, PlanInput, Slots, plan
 from kubeslim.planner.plan import invalid_spec_plan
 from kubeslim.planner.status import stage_entry, with_progress
+from kubeslim.stages.pipeline import spec_fingerprints
 
 log = logging.getLogger("kubeslim.operator")
 PROGRESS_LOG_LINES = 200
@@ -136,6 +137,8 @@ def _observe(
     """This resource's Jobs; finished ones not yet recorded get their Pod's result or failure."""
     namespace, uid = body["metadata"]["namespace"], body["metadata"].get("uid", "")
     status = read_status(body)
+    # Only Jobs of the current spec can decide anything; older ones need no Pod reads.
+    current = spec_fingerprints(spec) if not isinstance(spec, SpecError) else {}
     out = []
     for raw in rt.kube.list_jobs(namespace, body["metadata"]["name"]):
         if not owned_by(raw, uid):
@@ -148,7 +151,8 @@ def _observe(
             and entry.state in ("Succeeded", "Failed")
             and entry.job_name == job.name
         )
-        if job.phase != JobPhase.active and not recorded:
+        relevant = current.get(job.stage) == job.fingerprint
+        if job.phase != JobPhase.active and relevant and not recorded:
             job = _details(rt, namespace, job)
         out.append(job)
     return out
