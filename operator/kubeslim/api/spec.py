@@ -126,7 +126,8 @@ class DatasetSpec(ApiModel):
         default=None,
         ge=4,
         le=1024,
-        description="resize scales images to resize x resize; empty keeps inputShape's size.",
+        description="resize scales images to resize x resize, then takes the centre crop of "
+        "inputShape's size (ImageNet style); empty scales straight to inputShape's size.",
     )
     mean: list[float] = Field(
         default=[0.5],

@@ -50,6 +50,10 @@ class ArtifactStore(ABC):
     def delete(self, key: str) -> None:
         """Remove key if present."""
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key below prefix (relative to the root), sorted."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list keys")
+
     def read_json(self, key: str) -> Any:
         """Parse a JSON object."""
         return json.loads(self.read_bytes(key))

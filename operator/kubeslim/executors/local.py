@@ -1,0 +1,175 @@
+"""The local executor: each stage as a child process running `kubeslim stage`,
+the same entry point a Job runs, with live progress and a final table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kubeslim.api.manifest import load_manifest
+from kubeslim.progress import parse_progress
+from kubeslim.stages.pipeline import STAGES, stage_enabled
+from kubeslim.stages.result import StageResult
+from kubeslim.store import open_store
+
+RESULT_MARKER = "KUBESLIM_RESULT "
+
+
+@dataclass
+class StageRun:
+    """The outcome of one child process."""
+
+    code: int
+    result: dict[str, Any] | None
+    stderr_tail: list[str]
+
+
+def run_pipeline(
+    manifest_path: str, artifacts: str | None = None, force: bool = False, quiet: bool = False
+) -> int:
+    """Run every enabled stage in order; stop at the first failure."""
+    manifest = load_manifest(manifest_path)
+    spec = manifest.spec
+    uri = artifacts or spec.artifacts.uri
+    store = open_store(uri)  # fails fast on a bad URI or missing credentials
+    console = Console(stderr=True, quiet=quiet)
+    console.print(f"[bold]kubeslim run[/] {manifest.metadata.name} -> {store.root}")
+    progress = Progress(
+        TextColumn("{task.fields[stage]:<10}"),
+        TextColumn("{task.fields[state]:<9}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console,
+        transient=False,
+    )
+    tasks = {
+        s: progress.add_task(
+            "", stage=s, state="pending" if stage_enabled(spec, s) else "skipped",
+            detail="", total=None, start=False,
+        )
+        for s in STAGES
+    }
+    with progress:
+        for stage in STAGES:
+            if not stage_enabled(spec, stage):
+                continue
+            task = tasks[stage]
+            progress.start_task(task)
+            progress.update(task, state="running")
+            run = _run_child(stage, manifest_path, store.root, force, progress, task)
+            if run.code != 0:
+                progress.update(task, state="[red]failed[/]")
+                progress.stop()
+                return _report_failure(stage, run, console)
+            reused = bool(run.result and run.result.get("reused"))
+            seconds = (run.result or {}).get("duration_seconds", 0.0)
+            progress.update(
+                task,
+                state="reused" if reused else "[green]done[/]",
+                detail=f"{'cached' if reused else f'{seconds:.1f}s'}",
+                total=1,
+                completed=1,
+            )
+            progress.stop_task(task)
+    _print_summary(store, spec.benchmark.enabled, console)
+    return 0
+
+
+def _run_child(
+    stage: str, manifest: str, artifacts: str, force: bool, progress: Progress, task: Any
+) -> StageRun:
+    with tempfile.NamedTemporaryFile(prefix=f"kubeslim-{stage}-", suffix=".json") as result_file:
+        cmd = [
+            sys.executable, "-m", "kubeslim", "stage", stage,
+            "--manifest", manifest, "--artifacts", artifacts,
+            "--progress", "log", "--result-file", result_file.name,
+        ]
+        if force:
+            cmd.append("--force")
+        stderr_tail: deque[str] = deque(maxlen=40)
+        with tempfile.TemporaryFile(mode="w+") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+            result = None
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(RESULT_MARKER):
+                    result = json.loads(line[len(RESULT_MARKER):])
+                elif (state := parse_progress(line)) is not None:
+                    _show(progress, task, state)
+            code = proc.wait()
+            err.seek(0)
+            stderr_tail.extend(err.read().splitlines())
+    return StageRun(code, result, list(stderr_tail))
+
+
+def _show(progress: Progress, task: Any, state: dict[str, Any]) -> None:
+    detail = str(state.get("phase", ""))
+    if state.get("epoch") is not None:
+        detail += f" epoch {state['epoch']}/{state.get('epochs', '?')}"
+    if state.get("loss") is not None:
+        detail += f" loss {state['loss']:.3f}"
+    if state.get("accuracy") is not None:
+        detail += f" acc {state['accuracy']:.4f}"
+    if state.get("steps"):
+        progress.update(task, total=state["steps"], completed=state.get("step", 0))
+    progress.update(task, detail=detail)
+
+
+def _report_failure(stage: str, run: StageRun, console: Console) -> int:
+    errors = [line for line in run.stderr_tail if line.startswith("error: ")]
+    if run.code == 2 and errors:
+        print(errors[-1], file=sys.stderr)
+        return 2
+    console.print(f"[red]stage {stage} failed (exit code {run.code}); last output:[/]")
+    for line in run.stderr_tail[-15:]:
+        console.print(f"  {line}", markup=False, highlight=False)
+    return 1
+
+
+def _print_summary(store: Any, benchmarked: bool, console: Console) -> None:
+    if not benchmarked or not store.exists("benchmark/result.json"):
+        console.print("done (no benchmark requested)")
+        return
+    result = StageResult.model_validate(store.read_json("benchmark/result.json"))
+    print_table(result, Console())
+
+
+def print_table(result: StageResult, console: Console) -> None:
+    """The before -> after table of the benchmark stage."""
+    m = result.metrics
+    table = Table(title=f"kubeslim: before -> after (OpenVINO CPU, float precision {m['precision']})")
+    for col in ("model", "accuracy", "latency p50", "throughput", "size", "GFLOPs", "params"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.details.get("models", []):
+        table.add_row(
+            row["model"],
+            f"{row['accuracy'] * 100:.2f}%",
+            _fmt(row.get("latencyMsP50"), "{:.3f} ms"),
+            _fmt(row.get("throughputFps"), "{:,.0f} img/s"),
+            f"{row['sizeBytes'] / 1e6:.2f} MB",
+            _fmt(row.get("flops") and row["flops"] / 1e9, "{:.3f}"),
+            _fmt(row.get("params") and row["params"] / 1e6, "{:.2f} M"),
+        )
+    console.print(table)
+    console.print(
+        f"speedup {_fmt(m.get('speedup'), '{:.2f}x')} throughput, "
+        f"{_fmt(m.get('latencySpeedup'), '{:.2f}x')} latency; "
+        f"{_fmt(m.get('sizeReduction'), '{:.2f}x')} smaller; "
+        f"accuracy drop {m['accuracyDrop']:.2f} points"
+    )
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+

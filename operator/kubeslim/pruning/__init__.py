@@ -1,0 +1,2 @@
+"""Structured filter pruning: graph (what is coupled), importance (what matters),
+policy (how much, where), masks (soft zeroing, then physical removal)."""

@@ -1,0 +1,103 @@
+"""How much to prune and where: schedules, per-group counts, FLOPs targets."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kubeslim.api.spec import PruningSpec, ScheduleKind
+from kubeslim.errors import SpecError
+from kubeslim.pruning.graph import PruningGraph
+
+# No layer is cut below this fraction of its filters: a layer with no filters
+# left disconnects the network, and one with very few wrecks accuracy.
+MAX_LAYER_RATE = 0.9
+
+
+def schedule(kind: ScheduleKind, target: float, steps: int) -> list[float]:
+    """The cumulative fraction (of filters or FLOPs) to reach after each step."""
+    if kind is ScheduleKind.linear:
+        return [target * k / steps for k in range(1, steps + 1)]
+    # Exponential: the kept fraction shrinks geometrically, so early steps, when
+    # the network has the most slack, remove the most.
+    return [1 - (1 - target) ** (k / steps) for k in range(1, steps + 1)]
+
+
+def epochs_per_step(epochs: int, steps: int) -> list[int]:
+    """Spread fine-tuning epochs over the steps; later steps get the remainder."""
+    base, extra = divmod(epochs, steps)
+    return [base + (1 if k >= steps - extra else 0) for k in range(steps)]
+
+
+def keep_count(channels: int, rate: float, round_to: int) -> int:
+    """Channels kept at a rate, a multiple of round_to where the layer allows it."""
+    if channels <= round_to:
+        return channels
+    keep = max(channels * (1 - rate), channels * (1 - MAX_LAYER_RATE))
+    keep = math.ceil(keep / round_to) * round_to
+    return min(channels, max(round_to, keep))
+
+
+def uniform_counts(graph: PruningGraph, rate: float, round_to: int) -> dict[int, int]:
+    """The same rate in every group."""
+    return {g.index: g.channels - keep_count(g.channels, rate, round_to) for g in graph.groups}
+
+
+def global_counts(
+    graph: PruningGraph, scores: dict[int, torch.Tensor], rate: float, round_to: int
+) -> dict[int, int]:
+    """Rank every channel of every group together and cut the lowest `rate` of them."""
+    if rate <= 0:
+        return {g.index: 0 for g in graph.groups}
+    pooled = torch.cat([scores[g.index] for g in graph.groups])
+    threshold = torch.quantile(pooled.float(), min(rate, 1.0))
+    counts = {}
+    for g in graph.groups:
+        below = int((scores[g.index] < threshold).sum())
+        keep = max(g.channels - below, keep_count(g.channels, MAX_LAYER_RATE, round_to))
+        keep = min(g.channels, math.ceil(keep / round_to) * round_to)
+        counts[g.index] = g.channels - keep
+    return counts
+
+
+def counts_for(
+    graph: PruningGraph,
+    spec: PruningSpec,
+    scores: dict[int, torch.Tensor],
+    fraction: float,
+) -> dict[int, int]:
+    """Per-group removal counts reaching `fraction` of the target's measure."""
+    def at(rate: float) -> dict[int, int]:
+        if spec.global_ranking:
+            return global_counts(graph, scores, rate, spec.round_to)
+        return uniform_counts(graph, rate, spec.round_to)
+
+    if spec.target.filter_rate is not None:
+        return at(fraction)
+    return _search_flops(graph, at, fraction)
+
+
+def _search_flops(graph: PruningGraph, at: object, reduction: float) -> dict[int, int]:
+    """The smallest rate whose estimated FLOPs reduction reaches `reduction`."""
+    total = graph.total_macs
+    counts_at = at  # a callable rate -> counts
+
+    def reduction_at(rate: float) -> float:
+        return 1 - graph.estimate_macs(counts_at(rate)) / total  # type: ignore[operator]
+
+    if reduction_at(MAX_LAYER_RATE) < reduction:
+        raise SpecError(
+            "spec.pruning.target.flopsReduction",
+            f"{reduction:.2f} is out of reach: pruning every layer to "
+            f"{1 - MAX_LAYER_RATE:.0%} of its filters removes only "
+            f"{reduction_at(MAX_LAYER_RATE):.2f} of the FLOPs",
+        )
+    lo, hi = 0.0, MAX_LAYER_RATE
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if reduction_at(mid) >= reduction:
+            hi = mid
+        else:
+            lo = mid
+    return counts_at(hi)  # type: ignore[operator,no-any-return]

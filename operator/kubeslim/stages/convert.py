@@ -1,0 +1,90 @@
+"""The convert stage: ONNX export (pruned filters physically gone), checked
+against torch, then OpenVINO IR with FP16 weights; plus the original model as an
+FP32 IR, the baseline every benchmark compares with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+import torch
+from torch import nn
+
+from kubeslim.errors import KubeslimError
+from kubeslim.models.zoo import load_model
+from kubeslim.pruning.graph import count
+from kubeslim.pruning.history import load_pruned
+from kubeslim.stages.context import StageContext, StageOutput
+
+OPSET = 17
+# ONNX and torch differ only by float reassociation; anything larger is a bug.
+MAX_ABS_DIFF = 1e-3
+
+
+def convert(ctx: StageContext) -> StageOutput:
+    """Export the (pruned) model to ONNX and IR, and the original to an FP32 IR."""
+    spec = ctx.spec
+    original = load_model(spec.model)
+    if spec.pruning.enabled:
+        model = load_pruned(spec.model, ctx.fetch_output("prune", "model"))
+    else:
+        model = original
+    example = ctx.example_input()
+    ctx.reporter.phase("export-onnx")
+    onnx_path = ctx.scratch / "model.onnx"
+    export_onnx(model, example, onnx_path)
+    diff = check_onnx(model, onnx_path, example)
+    ctx.reporter.phase("convert-ir")
+    ir_path = ctx.scratch / "model.xml"
+    ov.save_model(ov.convert_model(onnx_path), ir_path, compress_to_fp16=True)
+    baseline_onnx = ctx.scratch / "baseline.onnx"
+    export_onnx(original, example, baseline_onnx)
+    baseline_path = ctx.scratch / "baseline.xml"
+    ov.save_model(ov.convert_model(baseline_onnx), baseline_path, compress_to_fp16=False)
+    flops, params = count(model, example)
+    base_flops, base_params = count(original, example)
+    return StageOutput(
+        files={"onnx": onnx_path, "ir": ir_path, "baseline_ir": baseline_path},
+        companions=[ir_path.with_suffix(".bin"), baseline_path.with_suffix(".bin")],
+        metrics={
+            "flops": flops,
+            "params": params,
+            "baselineFlops": base_flops,
+            "baselineParams": base_params,
+            "onnxMaxAbsDiff": diff,
+            "opset": OPSET,
+        },
+    )
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """TorchScript-based export with a dynamic batch axis."""
+    torch.onnx.export(
+        model.eval(),
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def check_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> float:
+    """Max |torch - ONNX| on a small batch, run by OpenVINO in full f32 precision."""
+    batch = torch.cat([example, example.flip(-1), example * 0.5], dim=0)
+    with torch.no_grad():
+        expected = model.eval()(batch).numpy()
+    compiled = ov.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    got = compiled(batch.numpy())[0]
+    diff = float(np.abs(got - expected).max())
+    scale = max(1.0, float(np.abs(expected).max()))
+    if diff > MAX_ABS_DIFF * scale:
+        raise KubeslimError(f"ONNX export does not match torch: max abs diff {diff:.3g}")
+    return diff

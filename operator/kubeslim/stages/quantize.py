@@ -1,0 +1,84 @@
+"""The quantize stage: INT8 post-training quantization with NNCF."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import nncf
+import numpy as np
+import openvino as ov
+import torch
+from torch.utils.data import Subset
+
+from kubeslim.api.spec import Preset
+from kubeslim.data.datasets import loader
+from kubeslim.stages.benchmark import ov_accuracy
+from kubeslim.stages.context import StageContext, StageOutput
+
+CALIBRATION_BATCH = 1  # NNCF's subset_size counts samples only at batch 1
+
+
+def quantize(ctx: StageContext) -> StageOutput:
+    """Quantize the FP16 IR to INT8 (accuracy-controlled when maxAccuracyDrop is set)."""
+    q = ctx.spec.quantization
+    model = ov.Core().read_model(ctx.fetch_output("convert", "ir"))
+    calibration = nncf.Dataset(_calibration_images(ctx), lambda x: x)
+    preset = (
+        nncf.QuantizationPreset.MIXED if q.preset is Preset.mixed
+        else nncf.QuantizationPreset.PERFORMANCE
+    )
+    scope = nncf.IgnoredScope(
+        names=q.ignored_scope.names,
+        patterns=q.ignored_scope.patterns,
+        types=q.ignored_scope.types,
+        validate=False,
+    )
+    subset = min(q.subset_size, ctx.spec.dataset.calibration_size)
+    metrics: dict[str, Any] = {"subsetSize": subset, "preset": q.preset.value}
+    if q.max_accuracy_drop is None:
+        ctx.reporter.phase("quantize")
+        int8 = nncf.quantize(
+            model, calibration, preset=preset, subset_size=subset, ignored_scope=scope
+        )
+    else:
+        ctx.reporter.phase("quantize-with-accuracy-control")
+        validation = nncf.Dataset(_validation_batches(ctx))
+        int8 = nncf.quantize_with_accuracy_control(
+            model,
+            calibration,
+            validation,
+            validation_fn=_validate,
+            max_drop=q.max_accuracy_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            preset=preset,
+            subset_size=subset,
+            ignored_scope=scope,
+        )
+        metrics["maxAccuracyDrop"] = q.max_accuracy_drop
+    path = ctx.scratch / "model_int8.xml"
+    ov.save_model(int8, path, compress_to_fp16=False)
+    return StageOutput(
+        files={"int8_ir": path}, companions=[path.with_suffix(".bin")], metrics=metrics
+    )
+
+
+def _calibration_images(ctx: StageContext) -> list[np.ndarray]:
+    """calibrationSize training images, preprocessed, one per item."""
+    train = ctx.splits.train
+    n = min(ctx.spec.dataset.calibration_size, len(train))  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(ctx.spec.dataset.seed)
+    idx = torch.randperm(len(train), generator=gen)[:n].tolist()  # type: ignore[arg-type]
+    batches = loader(Subset(train, idx), CALIBRATION_BATCH)
+    return [ctx.preprocess(images).numpy() for images, _ in batches]
+
+
+def _validation_batches(ctx: StageContext) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [
+        (ctx.preprocess(images).numpy(), labels.numpy())
+        for images, labels in loader(ctx.splits.val, 1)
+    ]
+
+
+def _validate(compiled: ov.CompiledModel, items: Iterable[Any]) -> float:
+    return ov_accuracy(compiled, items)
