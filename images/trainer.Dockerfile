@@ -6,9 +6,11 @@
 # The CUDA "base" flavour carries only cudart and the NVIDIA container-toolkit
 # settings (NVIDIA_VISIBLE_DEVICES, NVIDIA_DRIVER_CAPABILITIES, NVIDIA_REQUIRE_CUDA):
 # torch's PyPI wheels bring their own cuDNN/cuBLAS, so the larger "runtime" flavour
-# would only add a second copy. Base images are pinned to exact tags; pin digests too
-# (FROM image:tag@sha256:...) when building for production.
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+# would only add a second copy. CUDA 13 matches torch 2.14.1's PyPI wheels (cu13), so the
+# toolkit's NVIDIA_REQUIRE_CUDA refuses nodes whose driver is too old for them.
+# Base images are pinned to exact tags; pin digests too (FROM image:tag@sha256:...)
+# when building for production.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 
 # ---- builder: Ubuntu 24.04's python3.12 with a venv holding kubeslim[train,s3]
 FROM ${CUDA_IMAGE} AS builder

@@ -1,40 +1,46 @@
 {{/*
 The operator's RBAC rules, shared by the ClusterRole (cluster scope) and the Roles
-(namespace scope) in rbac.yaml. One comment per rule.
+(namespace scope) in rbac.yaml: exactly the calls docs/operator.md lists, one comment
+per rule. kopf's namespace and CRD scanning is off, so nothing cluster-wide is read.
 */}}
 {{- define "kubeslim.rules" }}
-# Watch ModelOptimizations (kopf lists, then watches) and patch them: kopf keeps its
-# finalizer and per-handler progress in annotations under kubeslim.dev.
+# Watch ModelOptimizations (kopf lists, then watches; the operator reads each one fresh
+# before planning) and patch them: kopf keeps its finalizer and progress in annotations.
 - apiGroups: ["kubeslim.dev"]
   resources: ["modeloptimizations"]
   verbs: ["get", "list", "watch", "patch"]
-# Status is a subresource: conditions, stage summaries and results are written here,
-# apart from the object itself.
+# The status subresource: conditions, stage Job summaries and results (merge patch).
 - apiGroups: ["kubeslim.dev"]
   resources: ["modeloptimizations/status"]
-  verbs: ["get", "patch"]
-# One Job per stage: created when absent, read to follow it, deleted when a spec edit
-# makes a stage's result stale.
+  verbs: ["patch"]
+# Stage Jobs are owned with blockOwnerDeletion: true, which the OwnerReferencesPermission-
+# Enforcement admission plugin allows only to who may update the owner's finalizers.
+- apiGroups: ["kubeslim.dev"]
+  resources: ["modeloptimizations/finalizers"]
+  verbs: ["update"]
+# One Job per stage, watched for progress; delete only for a running Job that a spec edit
+# made stale.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# The Pods of a stage Job, found by label, to read their state and termination message.
+  verbs: ["list", "watch", "create", "delete"]
+# A stage Job's Pods, by the batch.kubernetes.io/job-name label, for the termination message.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["list"]
 # The tail of a stage Pod's log: progress lines while it runs, the error when it fails.
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# kopf posts Kubernetes Events about handler progress and failures on the object.
+# One Event per transition on the ModelOptimization (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
 {{- define "kubeslim.peeringRule" }}
-# kopf peering (replicas > 1 only): each replica reads the peering object and patches
-# its keep-alive into the object's status.
+# kopf peering (replicas > 1 only): each replica watches the peering object and patches
+# its keep-alive and priority into the object's status.
 - apiGroups: ["kopf.dev"]
   resources: [{{ . | quote }}]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
