@@ -1,0 +1,489 @@
+"""The chart's RBAC against a real control plane: enough, and nothing spare.
+
+The chart is rendered with helm and applied (everything but the operator Deployment);
+`kubeslim operator` then runs as a subprocess with the chart's ServiceAccount token and
+the chart's ConfigMap as its environment.
+
+- With the rules as rendered (cluster scope) it takes a small ModelOptimization on the
+  digits dataset through the real stages to Succeeded.
+- In namespace scope with two replicas (kopf peering on), a stand-in stage lets a
+  scenario touch every permission: watch, finalizer, status, progress from the Pod log,
+  a spec edit that deletes a running stale Job, results from the Pods, Events. With every
+  rule it completes; with any one verb removed it does not: the operator logs a 403, exits,
+  or stops short of a milestone (bounded, no timing asserted).
+
+Run as a script, this file is the stand-in stage (`stage NAME --artifacts DIR ...`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import re
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tools.chart import find, one, render
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP, VERSION, PLURAL = "kubeslim.dev", "v1alpha1", "modeloptimizations"
+RELEASE_NS = "kubeslim-rbac"
+# How long one variant may take before it counts as stuck; generous on 2 busy cores.
+VARIANT_BOUND_S = 120.0
+REAL_BOUND_S = 600.0
+FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
+
+TINY_DIGITS: dict[str, Any] = {
+    "model": {
+        "architecture": "resnet18",
+        "numClasses": 10,
+        "inputShape": [1, 8, 8],
+        "stem": "small",
+    },
+    "dataset": {"name": "digits", "trainLimit": 256, "validationLimit": 128, "calibrationSize": 32},
+    "pruning": {
+        "target": {"filterRate": 0.3},
+        "schedule": {"steps": 1},
+        "fineTune": {"epochs": 1, "maxStepsPerEpoch": 4},
+        "device": "cpu",
+    },
+    "quantization": {"subsetSize": 32},
+    "benchmark": {"durationSeconds": 0.5, "modes": ["latency"]},
+    "execution": {"backoffLimit": 0},
+}
+STANDIN: dict[str, Any] = {
+    "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+    "dataset": {"name": "digits"},
+    "execution": {"backoffLimit": 0},
+}
+
+
+# ---- the stand-in stage (this file run as a script) ----------------------------------
+
+
+def standin_stage(argv: list[str]) -> int:
+    """Print a progress line; prune waits for <artifacts>/release; write a StageResult."""
+    from kubeslim.stages.result import StageResult
+
+    stage = argv[1]
+    opts = dict(zip(argv[2::2], argv[3::2], strict=False))
+    artifacts = Path(opts["--artifacts"])
+    artifacts.mkdir(parents=True, exist_ok=True)
+    print("KUBESLIM_PROGRESS " + json.dumps({"phase": "work", "step": 1, "steps": 2}), flush=True)
+    while stage == "prune" and not (artifacts / "release").exists():
+        time.sleep(0.1)
+    outputs = {
+        "prune": {"model": "model.pt"},
+        "convert": {"onnx": "m.onnx", "ir": "m.xml"},
+        "quantize": {"int8_ir": "int8.xml"},
+        "benchmark": {"report": "report.json"},
+    }
+    metrics: dict[str, Any] = {}
+    if stage == "benchmark":
+        metrics = {
+            "baseline": {"accuracy": 0.9, "throughputFps": 10.0, "sizeBytes": 4000},
+            "optimized": {"accuracy": 0.9, "throughputFps": 20.0, "sizeBytes": 1000},
+        }
+    out = artifacts / stage
+    out.mkdir(parents=True, exist_ok=True)
+    result = StageResult(
+        stage=stage,
+        fingerprint="standin",
+        outputs={k: str(out / v) for k, v in outputs[stage].items()},
+        metrics=metrics,
+        result_uri=str(out / "result.json"),
+    )
+    (out / "result.json").write_text(result.model_dump_json())
+    Path(opts["--result-file"]).write_text(result.compact())
+    return 0
+
+
+# ---- the chart on the cluster --------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rules_of(docs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Every (group, resource, verb) the chart grants, in order."""
+    roles = find(docs, "ClusterRole") or find(docs, "Role")
+    return [
+        (group, resource, verb)
+        for rule in roles[0]["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    ]
+
+
+def _without(docs: list[dict[str, Any]], drop: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """The rendered chart with one verb taken out of its Role/ClusterRole (a rule left
+    without verbs goes)."""
+    out = copy.deepcopy(docs)
+    group, resource, verb = drop
+    for role in find(out, "ClusterRole") + find(out, "Role"):
+        rules = []
+        for rule in role["rules"]:
+            if rule["apiGroups"] == [group] and rule["resources"] == [resource]:
+                rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+            if rule["verbs"]:
+                rules.append(rule)
+        role["rules"] = rules
+    return out
+
+
+class Install:
+    """One rendered, applied release and the operator running as its ServiceAccount."""
+
+    def __init__(self, cluster: Any, docs: list[dict[str, Any]], work: Path) -> None:
+        from kubernetes import client
+
+        self.cluster = cluster
+        self.docs = docs
+        self.work = work
+        api = cluster.api_client()
+        self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.operator: Any = None
+        # The operator Pod is replaced by the subprocess below; a PDB would select nothing.
+        applied = [d for d in docs if d["kind"] not in ("Deployment", "PodDisruptionBudget")]
+        cluster.apply(applied)
+        sa = one(docs, "ServiceAccount")["metadata"]
+        self.kubeconfig = cluster.service_account_kubeconfig(sa["namespace"], sa["name"])
+        self.settings: dict[str, str] = dict(one(docs, "ConfigMap")["data"])
+
+    def start(self, stage_command: str, priority: int = 0) -> None:
+        port = _free_port()
+        env = {
+            **self.settings,
+            "KUBESLIM_STAGE_COMMAND": stage_command,
+            "KUBESLIM_PROGRESS_INTERVAL": "1",
+            "KUBESLIM_HEALTH_PORT": str(port),
+            "KUBESLIM_PRIORITY": str(priority),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.operator = self.cluster.start_process(
+            [sys.executable, "-m", "kubeslim", "operator"],
+            env=env,
+            kubeconfig=self.kubeconfig,
+            name="kubeslim-operator-rbac",
+        )
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+
+    def log(self) -> str:
+        return str(self.operator.output()) if self.operator is not None else ""
+
+    def create(self, namespace: str, name: str, spec: dict[str, Any], artifacts: Path) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelOptimization",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {**spec, "artifacts": {"uri": str(artifacts)}},
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return dict(obj.get("status") or {})
+
+    def jobs(self, namespace: str, name: str) -> list[str]:
+        selector = f"kubeslim.dev/modeloptimization={name}"
+        items = self.batch.list_namespaced_job(namespace, label_selector=selector).items
+        return sorted(j.metadata.name for j in items)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Delete the resource even with no operator left to drop its finalizer."""
+        with contextlib.suppress(Exception):
+            self.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+class Broken(Exception):
+    """The operator could not go on: the reason names what showed it."""
+
+
+def _until(what: str, install: Install, condition: Callable[[], bool], deadline: float) -> None:
+    """Wait for `condition`, stopping early on a 403 in the log or an exited operator."""
+    while not condition():
+        log = install.log()
+        forbidden = [line for line in log.splitlines() if FORBIDDEN.search(line)]
+        if forbidden:
+            raise Broken(f"403 while waiting for {what}: {forbidden[0][:300]}")
+        if install.operator.returncode is not None:
+            raise Broken(f"operator exited ({install.operator.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise Broken(f"no {what} within {VARIANT_BOUND_S:g} s")
+        time.sleep(0.25)
+
+
+def _stage_progress(status: dict[str, Any]) -> bool:
+    return any(s.get("progress") for s in status.get("stages") or [])
+
+
+def run_scenario(install: Install, namespace: str, artifacts: Path) -> None:
+    """Touch every permission once; raises Broken at the first thing that does not happen."""
+    deadline = time.monotonic() + VARIANT_BOUND_S
+    name = "probe"
+    folder = artifacts / namespace / name
+    _until("the operator's start", install, lambda: "watching" in install.log(), deadline)
+    install.create(namespace, name, STANDIN, artifacts)
+    # Finalizer and status patched; prune Job created; its progress read from the Pod log.
+    _until(
+        "prune progress in status",
+        install,
+        lambda: _stage_progress(install.status(namespace, name)),
+        deadline,
+    )
+    # A spec edit while prune runs: the stale Job is deleted and a new one made.
+    install.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"spec": {"pruning": {"target": {"filterRate": 0.4}}}},
+        _content_type="application/merge-patch+json",
+    )
+    _until(
+        "the stale prune Job deleted",
+        install,
+        lambda: f"{name}-prune-g1" not in install.jobs(namespace, name),
+        deadline,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "release").touch()
+
+    def succeeded() -> bool:
+        status = install.status(namespace, name)
+        return status.get("state") == "Succeeded" and status.get("observedGeneration") == 2
+
+    _until("Succeeded (generation 2)", install, succeeded, deadline)
+    events = install.core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    ).items
+    forbidden = [line for line in install.log().splitlines() if FORBIDDEN.search(line)]
+    if forbidden:
+        raise Broken(f"403 on the way: {forbidden[0][:300]}")
+    if not events:
+        raise Broken("no Events posted")
+
+
+# ---- fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crds_applied(k8s_cluster: Any) -> Any:
+    docs = render({"replicas": 2})
+    k8s_cluster.apply(find(docs, "CustomResourceDefinition"))
+    k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NS}})
+    return k8s_cluster
+
+
+@pytest.fixture(scope="module")
+def standin_command(tmp_path_factory: pytest.TempPathFactory) -> str:
+    wrapper = tmp_path_factory.mktemp("standin") / "kubeslim-standin"
+    # PYTHONPATH: this file imports tests.tools when run as the stand-in stage.
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {Path(__file__).resolve()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def _namespace(cluster: Any, name: str) -> str:
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def _slug(drop: tuple[str, str, str]) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", f"{drop[1]}-{drop[2]}").strip("-")
+
+
+# The variants: every verb the chart grants in namespace scope with peering on.
+PEERING_VALUES = {"rbac.scope": "namespace", "replicas": 2}
+
+
+def _variants() -> list[tuple[str, str, str]]:
+    """Rendered at collection time for the test ids; without helm there are none (and
+    the other tests here skip, or fail in CI, saying why)."""
+    try:
+        docs = render({**PEERING_VALUES, "rbac.namespaces": ["x"]}, include_crds=False)
+    except BaseException:  # helm missing: the fixtures will skip or fail with the reason
+        return []
+    return _rules_of(docs)
+
+
+VARIANTS = _variants()
+
+
+# ---- the tests -----------------------------------------------------------------------
+
+
+def test_chart_identity_takes_digits_to_succeeded(crds_applied: Any, tmp_path: Path) -> None:
+    """Cluster scope, as rendered, with the real `kubeslim stage` on tiny digits."""
+    kubeslim = shutil.which("kubeslim", path=str(Path(sys.executable).parent))
+    assert kubeslim, "the kubeslim console script is not installed in this environment"
+    namespace = _namespace(crds_applied, "rbac-digits")
+    install = Install(crds_applied, render(release="rbac-cluster", namespace=RELEASE_NS), tmp_path)
+    assert install.settings["KUBESLIM_NAMESPACES"] == ""  # every namespace
+    install.start(kubeslim)
+    try:
+        install.create(namespace, "digits", TINY_DIGITS, tmp_path / "artifacts")
+        deadline = time.monotonic() + REAL_BOUND_S
+
+        def done() -> bool:
+            return install.status(namespace, "digits").get("state") in ("Succeeded", "Failed")
+
+        while not done():
+            assert install.operator.returncode is None, install.operator.tail()
+            assert time.monotonic() < deadline, (
+                f"not done; operator log:\n{install.operator.tail()}"
+            )
+            time.sleep(1)
+        status = install.status(namespace, "digits")
+        assert status["state"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+        assert status["metrics"]["optimized"]["accuracy"] > 0
+        assert not FORBIDDEN.search(install.log()), install.operator.tail()
+    finally:
+        install.stop()
+        install.forget(namespace, "digits")
+
+
+def test_all_rules_pass_the_scenario(
+    crds_applied: Any, standin_command: str, tmp_path: Path
+) -> None:
+    """The control: with every rule the scenario completes, so a variant's failure is the
+    missing verb's doing."""
+    namespace = _namespace(crds_applied, "rbac-all")
+    docs = render(
+        {**PEERING_VALUES, "rbac.namespaces": [namespace]},
+        release="rbac-all",
+        namespace=RELEASE_NS,
+        include_crds=False,
+    )
+    assert find(docs, "KopfPeering") and install_peering_rule(docs)
+    install = Install(crds_applied, docs, tmp_path)
+    install.start(standin_command, priority=100)
+    try:
+        run_scenario(install, namespace, tmp_path / "artifacts")
+    except Broken as err:
+        pytest.fail(f"{err}\noperator log:\n{install.operator.tail()}")
+    finally:
+        install.stop()
+        install.forget(namespace, "probe")
+
+
+def install_peering_rule(docs: list[dict[str, Any]]) -> bool:
+    return ("kopf.dev", "kopfpeerings", "patch") in _rules_of(docs)
+
+
+@pytest.mark.parametrize("drop", VARIANTS, ids=[_slug(v) for v in VARIANTS])
+def test_removing_one_verb_breaks_the_operator(
+    crds_applied: Any, standin_command: str, tmp_path: Path, drop: tuple[str, str, str]
+) -> None:
+    namespace = _namespace(crds_applied, f"rbac-{_slug(drop)}"[:63])
+    release = f"rbac-{_slug(drop)}"[:40].rstrip("-")
+    docs = render(
+        {**PEERING_VALUES, "rbac.namespaces": [namespace]},
+        release=release,
+        namespace=RELEASE_NS,
+        include_crds=False,
+    )
+    docs = _without(docs, drop)
+    assert drop not in _rules_of(docs)
+    install = Install(crds_applied, docs, tmp_path)
+    if drop == ("kubeslim.dev", "modeloptimizations/finalizers", "update"):
+        _skip_unless_owner_references_are_enforced(install, namespace)
+    install.start(standin_command, priority=100)
+    try:
+        with pytest.raises(Broken):
+            run_scenario(install, namespace, tmp_path / "artifacts")
+    finally:
+        install.stop()
+        install.forget(namespace, "probe")
+
+
+def _skip_unless_owner_references_are_enforced(install: Install, namespace: str) -> None:
+    """modeloptimizations/finalizers is needed only where the API server runs the
+    OwnerReferencesPermissionEnforcement admission plugin (off by default): ask it with a
+    dry-run Job, as the operator's ServiceAccount, that blocks its owner's deletion."""
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    owner = install.custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelOptimization",
+            "metadata": {"name": "owner-probe"},
+            "spec": STANDIN,
+        },
+    )
+    reference = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelOptimization",
+        "name": "owner-probe",
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "owner-probe", "ownerReferences": [reference]},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "none", "command": ["true"]}],
+                }
+            }
+        },
+    }
+    as_operator = client.BatchV1Api(
+        config.new_client_from_config(config_file=str(install.kubeconfig))
+    )
+    try:
+        as_operator.create_namespaced_job(namespace, job, dry_run="All")
+    except ApiException as err:
+        assert err.status == 403, err
+        return
+    finally:
+        install.forget(namespace, "owner-probe")
+    pytest.skip(
+        "this API server does not run OwnerReferencesPermissionEnforcement, so "
+        "modeloptimizations/finalizers update is not needed here"
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "operator"))
+    raise SystemExit(standin_stage(sys.argv[1:]))
