@@ -108,6 +108,16 @@ def test_open_store_file_uri_plain_and_relative_paths(
         open_store("gs://bucket/prefix")
 
 
+def test_local_list_keys(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    for key in ("a/x", "a/b/y", "ab/w", "z"):
+        store.write_bytes(key, b"1")
+
+    assert store.list_keys() == ["a/b/y", "a/x", "ab/w", "z"]
+    assert store.list_keys("a") == ["a/b/y", "a/x"]
+    assert store.list_keys("missing") == []
+
+
 # ---------------------------------------------------------------------------
 # s3:// against radosgw
 # ---------------------------------------------------------------------------
@@ -297,3 +307,33 @@ def test_s3_wrong_secret_and_missing_bucket_are_one_line(
         with pytest.raises(StoreError, match=r"access denied .*AWS_SECRET_ACCESS_KEY") as err:
             call()
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.s3
+def test_s3_list_keys_pages_and_prefixes(bucket: str) -> None:
+    store = S3Store(f"s3://{bucket}/run", page_size=2)  # several pages for five keys
+    for key in ("a/x", "a/b/y", "a/.partial", "ab/w", "z"):
+        store.write_bytes(key, b"1")
+    S3Store(f"s3://{bucket}/other-run").write_bytes("a/x", b"1")
+
+    assert store.list_keys() == ["a/b/y", "a/x", "ab/w", "z"]
+    assert store.list_keys("a") == ["a/b/y", "a/x"]
+    assert store.list_keys("missing") == []
+    assert S3Store(f"s3://{bucket}").list_keys("run/a/b") == ["run/a/b/y"]
+
+
+@pytest.mark.s3
+def test_s3_checkpoint_uri_is_fetched_to_the_cache(
+    bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kubeslim.store.cache import fetch
+
+    monkeypatch.setenv("KUBESLIM_CACHE", str(tmp_path / "cache"))
+    open_store(f"s3://{bucket}").write_bytes("models/baseline.pt", b"weights")
+
+    local = fetch(f"s3://{bucket}/models/baseline.pt")
+
+    assert local.read_bytes() == b"weights"
+    assert (tmp_path / "cache") in local.parents
+    with pytest.raises(StoreError, match="no such artifact"):
+        fetch(f"s3://{bucket}/models/missing.pt")

@@ -36,13 +36,16 @@ Missing = Literal["absent", "artifact", "fail"]
 class S3Store(ArtifactStore):
     """A bucket and a key prefix: s3://bucket/prefix."""
 
-    def __init__(self, root: str, *, part_size: int = DEFAULT_PART_SIZE) -> None:
+    def __init__(
+        self, root: str, *, part_size: int = DEFAULT_PART_SIZE, page_size: int = 1000
+    ) -> None:
         super().__init__(root)
         self.bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
         if not self.bucket:
             raise StoreError(f"artifacts.uri: expected s3://BUCKET/PREFIX, got {root!r}")
         self.prefix = prefix.strip("/")
         self.part_size = part_size
+        self.page_size = page_size  # keys per ListObjectsV2 page
         self.endpoint = _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
         self.region = _env("AWS_REGION", "AWS_DEFAULT_REGION")
         self._check_credentials()
@@ -84,6 +87,32 @@ class S3Store(ArtifactStore):
     def delete(self, key: str) -> None:
         with self._errors(key):
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        # Straight from ListObjectsV2, page by page: no listing cache to go stale.
+        base = self._key(prefix) if prefix.strip("/") else self.prefix
+        start = f"{base}/" if base else ""
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        with self._errors(prefix):
+            while True:
+                page = self.fs.call_s3(
+                    "list_objects_v2",
+                    Bucket=self.bucket,
+                    Prefix=start,
+                    MaxKeys=self.page_size,
+                    **token,
+                )
+                keys += [o["Key"] for o in page.get("Contents", [])]
+                if not page.get("IsTruncated"):
+                    break
+                token = {"ContinuationToken": page["NextContinuationToken"]}
+        root = f"{self.prefix}/" if self.prefix else ""
+        return sorted(
+            k.removeprefix(root)
+            for k in keys
+            if not k.endswith("/") and not k.rpartition("/")[2].startswith(".")
+        )
 
     # -- keys -----------------------------------------------------------------
 
