@@ -229,7 +229,6 @@ def test_pod_logs_are_readable_through_the_api(k8s_cluster: Cluster, namespace: 
         "time.sleep(600)\n"
     )
     k8s_cluster.apply(job("talker", script), namespace=namespace)
-    core = client.CoreV1Api(k8s_cluster.api_client())
 
     def pod_name() -> str:
         pods = job_pods(k8s_cluster, namespace, "talker")
@@ -240,20 +239,18 @@ def test_pod_logs_are_readable_through_the_api(k8s_cluster: Cluster, namespace: 
 
     def progress_logged() -> bool:
         try:
-            return "KUBESLIM_PROGRESS 50" in core.read_namespaced_pod_log(name, namespace)
+            return "KUBESLIM_PROGRESS 50" in k8s_cluster.pod_log(namespace, name)
         except ApiException:
             return False  # not started yet
 
     # The container is still running: logs are readable before it ends.
     wait_for("the progress line in the log", progress_logged, TIMEOUT_S)
-    assert core.read_namespaced_pod_log(name, namespace, container="main") == (
+    assert k8s_cluster.pod_log(namespace, name, container="main") == (
         "line 1\nline 2\nline 3\nline 4\nline 5\nKUBESLIM_PROGRESS 50\n"
     )
-    assert (
-        core.read_namespaced_pod_log(name, namespace, tail_lines=2)
-        == "line 5\nKUBESLIM_PROGRESS 50\n"
-    )
-    stamped = core.read_namespaced_pod_log(name, namespace, tail_lines=1, timestamps=True)
+    last_two = k8s_cluster.pod_log(namespace, name, tail_lines=2)
+    assert last_two == "line 5\nKUBESLIM_PROGRESS 50\n"
+    stamped = k8s_cluster.pod_log(namespace, name, tail_lines=1, timestamps=True)
     assert stamped.endswith("Z KUBESLIM_PROGRESS 50\n")
 
 
@@ -300,9 +297,7 @@ def test_pod_env_volumes_and_working_dir(k8s_cluster: Cluster, namespace: str) -
     )
     assert wait_job(k8s_cluster, namespace, "env") == "Complete"
     (pod,) = job_pods(k8s_cluster, namespace, "env")
-    text = client.CoreV1Api(k8s_cluster.api_client()).read_namespaced_pod_log(
-        pod.metadata.name, namespace
-    )
+    text = k8s_cluster.pod_log(namespace, pod.metadata.name)
     assert text == f"s3cret fast {pod.metadata.name} {namespace}\nTrue\nkept\n"
 
 

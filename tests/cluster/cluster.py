@@ -18,6 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
 from tests.cluster.rig import ManagedProcess, Rig
 
 Obj = dict[str, Any]
@@ -161,6 +162,17 @@ class Cluster:
                 raise
 
         wait_for(f"ServiceAccount {namespace}/default", exists, WAIT_TIMEOUT_S)
+
+    def pod_log(self, namespace: str, name: str, **params: Any) -> str:
+        """A Pod's log as text (container=, tail_lines=, timestamps=, previous=...).
+
+        kubernetes 36.0.x returns the repr of bytes ("b'...'") from
+        read_namespaced_pod_log (kubernetes-client/python#2596), and parses a
+        log that happens to be JSON; reading the raw body avoids both.
+        """
+        core = client.CoreV1Api(self.api_client())
+        resp = core.read_namespaced_pod_log(name, namespace, _preload_content=False, **params)
+        return str(resp.data.decode())
 
     # --- identities ----------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+
 from tests.cluster.logs import LogServer, LogSource
 from tests.cluster.pods import NodeContext, Obj, PodRunner, now
 

@@ -12,7 +12,6 @@ import logging
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,37 +54,30 @@ def parse_record(raw: bytes) -> LogRecord:
     return LogRecord(moment, stamp, content)
 
 
-def read_records(path: Path, offset: int = 0) -> tuple[list[LogRecord], int]:
-    """Complete records from `offset` on, and the offset after the last one.
+def read_records(path: Path, offset: int = 0, partial: bool = False) -> tuple[list[LogRecord], int]:
+    """Records from `offset` on, and the offset after the last one read.
 
-    A line still being written (no newline yet) is left for the next read,
-    except that the last line of a finished log may lack its newline.
+    A line still being written (no newline yet) is left for the next read
+    unless `partial`: the process has exited and that line is its last.
     """
+    if not path.exists():
+        return [], offset
     with path.open("rb") as f:
         f.seek(offset)
         data = f.read()
     records = []
-    consumed = 0
     for raw in data.splitlines(keepends=True):
-        if not raw.endswith(b"\n"):
+        if not raw.endswith(b"\n") and not partial:
             break
         records.append(parse_record(raw))
-        consumed += len(raw)
-    return records, offset + consumed
+        offset += len(raw)
+    return records, offset
 
 
 def tail_of(path: Path, lines: int, max_bytes: int) -> str:
-    """The last lines of a log without timestamps (for termination messages)."""
-    if not path.exists():
-        return ""
-    records, _ = read_records(path)
-    with path.open("rb") as f:
-        data = f.read()
-    # Include a final line without newline: the process has exited.
-    last = data.splitlines(keepends=True)[-1:] if data else []
-    if last and not last[0].endswith(b"\n"):
-        records.append(parse_record(last[0]))
-    text = b"".join(r.content for r in deque(records, maxlen=lines))
+    """The last lines of a finished log without timestamps (termination messages)."""
+    records, _ = read_records(path, partial=True)
+    text = b"".join(r.content for r in records[-lines:])
     return text[-max_bytes:].decode(errors="replace")
 
 
@@ -135,36 +127,20 @@ class LogQuery:
 
 def stream_log(source: LogSource, query: LogQuery) -> Iterator[bytes]:
     """The chunks of a log response, following it while the container runs."""
-    records, offset = read_records(source.path) if source.path.exists() else ([], 0)
+    done = source.finished()
+    records, offset = read_records(source.path, partial=done)
     if query.since is not None:
         records = [r for r in records if r.time >= query.since]
     if query.tail_lines is not None:
         records = records[-query.tail_lines :] if query.tail_lines > 0 else []
     for record in records:
         yield query.render(record)
-    if not query.follow:
-        # Without follow, a finished log's unterminated last line still counts.
-        yield from _unterminated_tail(source, offset, query)
-        return
-    while True:
+    while query.follow and not done:
+        time.sleep(FOLLOW_POLL_S)
         done = source.finished()
-        new, offset = read_records(source.path, offset) if source.path.exists() else ([], 0)
+        new, offset = read_records(source.path, offset, partial=done)
         for record in new:
             yield query.render(record)
-        if done:
-            yield from _unterminated_tail(source, offset, query)
-            return
-        time.sleep(FOLLOW_POLL_S)
-
-
-def _unterminated_tail(source: LogSource, offset: int, query: LogQuery) -> Iterator[bytes]:
-    if not source.finished() or not source.path.exists():
-        return
-    with source.path.open("rb") as f:
-        f.seek(offset)
-        rest = f.read()
-    if rest:
-        yield query.render(parse_record(rest))
 
 
 class _Handler(BaseHTTPRequestHandler):

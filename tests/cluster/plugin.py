@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.cluster.cluster import Cluster
 from tests.cluster.rig import Rig, binaries_dir
 

@@ -30,6 +30,7 @@ from typing import Any
 from kubernetes.client import CoreV1Api
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
+
 from tests.cluster.logs import LogSource, copy_stream, tail_of, timestamp
 
 log = logging.getLogger("kubelet.pods")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
 from tests.cluster.certs import SERVICE_CLUSTER_IP_RANGE, KeyPair, Pki, make_pki
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "deployment-controller",
     "replicaset-controller",
+    # Aggregated ClusterRoles (admin, edit, view and chart roles that extend them).
+    "clusterrole-aggregation-controller",
 )
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
