@@ -337,3 +337,24 @@ def test_s3_checkpoint_uri_is_fetched_to_the_cache(
     assert (tmp_path / "cache") in local.parents
     with pytest.raises(StoreError, match="no such artifact"):
         fetch(f"s3://{bucket}/models/missing.pt")
+
+
+@pytest.mark.s3
+def test_s3_prefix_is_mirrored_for_image_folders(
+    bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kubeslim.store.cache import mirror_prefix
+
+    monkeypatch.setenv("KUBESLIM_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    for name in ("cat/1.png", "cat/2.png", "dog/1.png"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(name.encode())
+    store = open_store(f"s3://{bucket}/datasets/pets")
+    store.upload_tree(tree, "")
+
+    local = mirror_prefix(store)
+
+    found = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert found == ["cat/1.png", "cat/2.png", "dog/1.png"]
+    assert (local / "dog" / "1.png").read_bytes() == b"dog/1.png"
