@@ -109,10 +109,13 @@ class Kube:
     def pod_log_tail(self, namespace: str, pod: str, lines: int) -> str:
         """The last lines of a Pod's log ('' when the log cannot be read)."""
         try:
-            text = self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines)
+            # Raw bytes: the client's own decoding of this text response is unreliable.
+            rsp = self.core.read_namespaced_pod_log(
+                pod, namespace, tail_lines=lines, _preload_content=False
+            )
         except ApiException:
             return ""
-        return str(text)
+        return bytes(rsp.data).decode("utf-8", errors="replace")
 
 
 def api_error(err: ApiException) -> str:

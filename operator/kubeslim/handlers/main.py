@@ -33,6 +33,9 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     def bound(fn: Any) -> Any:
         return functools.partial(fn, rt=rt)
 
+    # A fresh registry has no login handler: use the kubernetes client's own config
+    # (in-cluster token, else $KUBECONFIG), as the operator's own calls do.
+    kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
     kopf.on.startup(registry=registry, id="configure")(handle_startup.configure_kopf)
     kopf.index(*MOPT, registry=registry, id="running_optimizations")(
         handle_index.running_optimizations

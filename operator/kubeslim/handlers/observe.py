@@ -56,10 +56,17 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         active=int(status.get("active") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0),
-        start_time=status.get("startTime"),
-        completion_time=status.get("completionTime"),
+        start_time=_rfc3339(status.get("startTime")),
+        completion_time=_rfc3339(status.get("completionTime")),
         failure=failure,
     )
+
+
+def _rfc3339(value: Any) -> str | None:
+    """Times as the API server writes them ('...Z'), whatever the client made of them."""
+    if not value:
+        return None
+    return str(value).replace("+00:00", "Z")
 
 
 def terminated(pod: dict[str, Any]) -> dict[str, Any]:
