@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,10 @@ def test_pod_logs_are_readable_through_the_api(k8s_cluster: Cluster, namespace: 
     assert last_two == "line 5\nKUBESLIM_PROGRESS 50\n"
     stamped = k8s_cluster.pod_log(namespace, name, tail_lines=1, timestamps=True)
     assert stamped.endswith("Z KUBESLIM_PROGRESS 50\n")
+    # kubectl takes the same path through the API server.
+    assert k8s_cluster.kubectl("logs", "-n", namespace, name, "--tail=1").stdout == (
+        "KUBESLIM_PROGRESS 50\n"
+    )
 
 
 def test_pod_env_volumes_and_working_dir(k8s_cluster: Cluster, namespace: str) -> None:
@@ -352,3 +357,69 @@ def test_service_account_kubeconfig_is_limited_by_rbac(
         with pytest.raises(ApiException) as err:
             call()
         assert err.value.status == 403
+
+
+LIST_CONFIG_MAPS = """
+import os, signal, sys, time
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+config.load_kube_config()
+try:
+    client.CoreV1Api().list_namespaced_config_map(sys.argv[1])
+    print("allowed", flush=True)
+except ApiException as err:
+    print("status", err.status, flush=True)
+if len(sys.argv) > 2:
+    signal.signal(signal.SIGTERM, lambda *_: (print("stopping", flush=True), sys.exit(0)))
+    time.sleep(600)
+"""
+
+
+def test_start_process_runs_as_the_given_identity(k8s_cluster: Cluster, namespace: str) -> None:
+    identity = k8s_cluster.service_account_kubeconfig(namespace, "nobody")
+    proc = k8s_cluster.start_process(
+        [sys.executable, "-c", LIST_CONFIG_MAPS, namespace, "wait"], kubeconfig=identity
+    )
+    proc.wait_for_output("status 403", timeout=60)
+    assert proc.stop() == 0
+    assert proc.output().endswith("stopping\n")
+
+
+def test_pod_reaches_the_api_as_its_service_account(k8s_cluster: Cluster, namespace: str) -> None:
+    if not k8s_cluster.is_rig:
+        pytest.skip("the image would need the kubernetes package and in-cluster config")
+    k8s_cluster.apply(
+        [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "lister"}},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "list-config-maps"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "lister-lists"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "list-config-maps",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "lister", "namespace": namespace}],
+            },
+        ],
+        namespace=namespace,
+    )
+    container = {"args": [namespace]}
+    k8s_cluster.apply(
+        [
+            job("as-lister", LIST_CONFIG_MAPS, container=container, serviceAccountName="lister"),
+            job("as-default", LIST_CONFIG_MAPS, container=container),
+        ],
+        namespace=namespace,
+    )
+    for name, expected in (("as-lister", "allowed\n"), ("as-default", "status 403\n")):
+        assert wait_job(k8s_cluster, namespace, name) == "Complete"
+        (pod,) = job_pods(k8s_cluster, namespace, name)
+        assert k8s_cluster.pod_log(namespace, pod.metadata.name) == expected

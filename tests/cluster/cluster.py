@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -221,6 +223,25 @@ class Cluster:
                 self.kubeconfig.parent / entry["certificate-authority"]
             )
         return entry
+
+    def pvc_dir(self, namespace: str, claim: str) -> Path:
+        """The host directory the fake kubelet mounts for a PersistentVolumeClaim
+        (rig only): put input data here before a Pod mounts the claim."""
+        if self.rig is None:
+            raise RuntimeError("pvc_dir needs the rig; a real cluster has real volumes")
+        path = self.rig.dir / "kubelet" / "pvcs" / namespace / claim
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run kubectl (the rig's build, else the one on PATH) as the admin."""
+        binary = str(self.rig.bin / "kubectl") if self.rig else shutil.which("kubectl") or "kubectl"
+        return subprocess.run(
+            [binary, f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+        )
 
     # --- processes -----------------------------------------------------------------
 

@@ -22,24 +22,38 @@ declare -A packages=(
   [kubectl]=k8s.io/kubernetes/cmd/kubectl
 )
 
+# A Go-module build carries no version; stamp the release in, as the upstream
+# Makefile does, so that `kubectl version` and Helm's kubeVersion checks see it.
+minor="${version#v1.}"; minor="${minor%%.*}"
+x=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  x+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+ldflags="-s -w$x"
+
+cached() {
+  # The stamp ties the cache to go.sum and this script, so changes rebuild.
+  [[ "${KUBESLIM_K8S_FORCE:-0}" != 1 && -f "$cache/.stamp" && "$(cat "$cache/.stamp")" == "$stamp" ]] || return 1
+  for name in "${!packages[@]}"; do [[ -x "$cache/$name" ]] || return 1; done
+}
+
 mkdir -p "$cache"
-# The stamp ties the cache to this exact go.sum, so a version bump rebuilds.
-stamp="$(sha256sum "$here/go.sum" | cut -c1-16)"
-if [[ "${KUBESLIM_K8S_FORCE:-0}" != 1 && -f "$cache/.stamp" && "$(cat "$cache/.stamp")" == "$stamp" ]]; then
-  missing=0
-  for name in "${!packages[@]}"; do [[ -x "$cache/$name" ]] || missing=1; done
-  if [[ $missing == 0 ]]; then echo "$cache"; exit 0; fi
-fi
+stamp="$(cat "$here/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
+if cached; then echo "$cache"; exit 0; fi
+# Test sessions may call this at the same time: one builds, the others wait.
+exec 9>"$cache/.lock"
+flock 9
+if cached; then echo "$cache"; exit 0; fi
 
 cd "$here"
 start=$SECONDS
 for name in etcd kube-apiserver kube-controller-manager kubectl; do
   echo "building $name (${packages[$name]})" >&2
-  # Build into a temporary name first so an interrupted build never leaves a
+  # Build under a temporary name so an interrupted build never leaves a
   # truncated binary that looks cached.
-  nice -n 10 "$go_bin" build -mod=readonly -trimpath -ldflags="-s -w" \
-    -o "$cache/$name.tmp" "${packages[$name]}" >&2
-  mv "$cache/$name.tmp" "$cache/$name"
+  nice -n 10 "$go_bin" build -mod=readonly -trimpath -ldflags="$ldflags" \
+    -o "$cache/$name.tmp.$$" "${packages[$name]}" >&2
+  mv "$cache/$name.tmp.$$" "$cache/$name"
 done
 echo "$stamp" > "$cache/.stamp"
 echo "built in $((SECONDS - start)) s" >&2
