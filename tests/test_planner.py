@@ -243,7 +243,7 @@ def test_spec_edit_reruns_from_the_first_changed_stage() -> None:
     assert result.status.state == State.running
     assert cond(result.status, ConditionType.ready) == ("False", Reason.in_progress)
     world.finish("quantize")
-    world.step()
+    assert cond(world.step().status, ConditionType.pruned) == ("True", Reason.reused)
     world.finish("benchmark")
     final = world.step()
     assert final.action == Action.succeeded

@@ -45,6 +45,7 @@ from kubeslim.planner.status import (
     STAGE_MESSAGE_LIMIT,
     artifacts_from,
     columns,
+    find_condition,
     metrics_from,
     progress_text,
     record_result,
@@ -318,7 +319,7 @@ def _conditions(inp: PlanInput, walk: _Walk, state: State, summary: str) -> list
     conds = list(inp.status.conditions)
     reused = inp.status.observed_generation not in (None, inp.generation)
     for entry in walk.stages:
-        status, reason = _stage_condition(entry, reused, walk)
+        status, reason = _stage_condition(entry, reused, walk, inp.status.conditions)
         conds = set_condition(
             conds, STAGE_CONDITIONS[entry.name], status, reason, entry.message, now, gen
         )
@@ -342,10 +343,16 @@ def _conditions(inp: PlanInput, walk: _Walk, state: State, summary: str) -> list
     return set_condition(conds, ConditionType.waiting, _b(waiting), wait_reason, wait_msg, now, gen)
 
 
-def _stage_condition(entry: StageStatus, reused: bool, walk: _Walk) -> tuple[str, str]:
+def _stage_condition(
+    entry: StageStatus, reused: bool, walk: _Walk, conditions: Sequence[Condition]
+) -> tuple[str, str]:
     if entry.state == StageState.succeeded:
-        fresh = entry.name in walk.results
-        return "True", Reason.reused if (not fresh and reused) else Reason.completed
+        if entry.name in walk.results:
+            return "True", Reason.completed
+        # Carried over: Reused from the first look at a new generation on, until re-run.
+        before = find_condition(conditions, STAGE_CONDITIONS[entry.name])
+        kept = before.reason if before is not None and before.status == "True" else None
+        return "True", Reason.reused if reused or kept == Reason.reused else Reason.completed
     if entry.state == StageState.skipped:
         return "False", Reason.skipped
     if entry.state == StageState.failed:
