@@ -15,7 +15,10 @@ from tests.s3.plugin import S3Server
 
 pytestmark = pytest.mark.s3
 
-# A compact CNN on scikit-learn's 8x8 digits: convert and quantize take seconds.
+REPO = Path(__file__).resolve().parent.parent
+
+# A small CNN (tests/s3/tiny_model.py) on scikit-learn's 8x8 digits: convert and
+# quantize take seconds.
 MANIFEST = """\
 apiVersion: kubeslim.dev/v1alpha1
 kind: ModelOptimization
@@ -23,7 +26,7 @@ metadata:
   name: s3-tiny
 spec:
   model:
-    entryPoint: kubeslim.models.compact:compact_resnet
+    entryPoint: tests.s3.tiny_model:tiny_cnn
     numClasses: 10
     inputShape: [1, 8, 8]
   dataset:
@@ -50,6 +53,8 @@ def kubeslim(tmp_path: Path, aws: dict[str, str], *args: str) -> subprocess.Comp
         AWS_CONFIG_FILE=str(tmp_path / "no-config"),
         AWS_EC2_METADATA_DISABLED="true",
         KUBESLIM_CACHE=str(tmp_path / "cache"),
+        # The stages import the model from tests/, and run from tmp_path.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     env.update(aws)
     return subprocess.run(
