@@ -253,7 +253,9 @@ def test_s3_upload_tree_and_keys_that_escape(bucket: str, tmp_path: Path) -> Non
 @pytest.mark.s3
 def test_s3_another_process_sees_writes_and_deletes_at_once(bucket: str) -> None:
     reader = open_store(f"s3://{bucket}/run")
-    assert not reader.exists("prune/result.json")  # asked before: nothing may be cached
+    # Asked before the writes: nothing of these answers may be cached.
+    assert not reader.exists("prune/result.json")
+    assert reader.list_keys("prune") == []
 
     writer = (
         "import sys; from kubeslim.store import open_store;"
@@ -268,8 +270,10 @@ def test_s3_another_process_sees_writes_and_deletes_at_once(bucket: str) -> None
         if action == "write":
             assert reader.exists("prune/result.json")
             assert reader.read_json("prune/result.json") == {"done": True}
+            assert reader.list_keys("prune") == ["prune/result.json"]
         else:
             assert not reader.exists("prune/result.json")
+            assert reader.list_keys("prune") == []
 
 
 @pytest.mark.s3
