@@ -285,9 +285,13 @@ def test_failed_job_fails_the_pipeline_with_its_log_tail() -> None:
     assert cond(status, ConditionType.pruned) == ("False", Reason.job_failed)
     assert status.summary.startswith("stage prune failed")
     assert [e.type for e in result.events if e.reason == Reason.job_failed][:1] == ["Warning"]
-    # No crash loop: looking again creates nothing and posts no new events.
+    # No crash loop: looking again creates nothing and posts no new events; the log tail
+    # read when the failure was first seen stays, though the Pod is not read again.
+    job = world.jobs["demo-prune-g1"]
+    world.jobs[job.name] = replace(job, failure="BackoffLimitExceeded")
     again = world.step()
     assert again.action == Action.failed and not again.create and not again.events
+    assert "OOM" in again.status.stages[0].message
 
 
 def test_failure_sticks_when_the_failed_job_is_gone() -> None:

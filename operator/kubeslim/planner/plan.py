@@ -148,6 +148,16 @@ def _visit(
     )
     if failed or sticky:
         reason = failed[0].failure if failed else old.message if old else ""
+        # The Pod's log was read once, when the failure was first seen; keep that text.
+        seen = (
+            failed
+            and old is not None
+            and old.state == StageState.failed
+            and old.job_name == failed[0].name
+            and old.fingerprint == fingerprint
+        )
+        if seen and old is not None and old.message:
+            reason = old.message
         job = failed[0].name if failed else (old.job_name if old else "")
         walk.failure = f"stage {stage} failed (Job {job}): {reason or 'no reason given'}"
         walk.outcome = Action.failed
