@@ -423,3 +423,33 @@ def test_pod_reaches_the_api_as_its_service_account(k8s_cluster: Cluster, namesp
         assert wait_job(k8s_cluster, namespace, name) == "Complete"
         (pod,) = job_pods(k8s_cluster, namespace, name)
         assert k8s_cluster.pod_log(namespace, pod.metadata.name) == expected
+
+
+def test_on_failure_restarts_the_container_in_place(k8s_cluster: Cluster, namespace: str) -> None:
+    # The first run fails, the second succeeds: the emptyDir survives restarts.
+    script = (
+        "import os, sys\n"
+        "first = not os.path.exists('/state/ran')\n"
+        "open('/state/ran', 'w').close()\n"
+        "print('first' if first else 'second')\n"
+        "sys.exit(3 if first else 0)\n"
+    )
+    container = {"volumeMounts": [{"name": "state", "mountPath": "/state"}]}
+    spec = job(
+        "flaky",
+        script,
+        backoff_limit=2,
+        container=container,
+        restartPolicy="OnFailure",
+        volumes=[{"name": "state", "emptyDir": {}}],
+    )
+    k8s_cluster.apply(spec, namespace=namespace)
+
+    assert wait_job(k8s_cluster, namespace, "flaky") == "Complete"
+    (pod,) = job_pods(k8s_cluster, namespace, "flaky")
+    status = pod.status.container_statuses[0]
+    assert status.restart_count == 1
+    assert status.last_state.terminated.exit_code == 3
+    assert status.state.terminated.exit_code == 0
+    assert k8s_cluster.pod_log(namespace, pod.metadata.name) == "second\n"
+    assert k8s_cluster.pod_log(namespace, pod.metadata.name, previous=True) == "first\n"

@@ -84,21 +84,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGTERM when the test process dies.
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get `sig` when the test process dies.
 
     Only used from the main thread: Linux ties the signal to the thread that
     forked, and the main thread lives as long as the process.
     """
-    if threading.current_thread() is not threading.main_thread() or not sys.platform.startswith(
-        "linux"
-    ):
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        prctl(pr_set_pdeathsig, sig)
 
     return preexec
 
@@ -112,7 +112,7 @@ class ManagedProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
-        tie_to_parent: bool = True,
+        death_signal: int | None = signal.SIGTERM,
     ) -> None:
         self.args = args
         self.log_path = log_path
@@ -126,7 +126,7 @@ class ManagedProcess:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent() if tie_to_parent else None,
+                preexec_fn=_die_with_parent(death_signal) if death_signal else None,
             )
 
     @property
@@ -259,9 +259,19 @@ class Rig:
 
     # --- components ----------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], **kwargs: object) -> None:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        death_signal: int = signal.SIGKILL,
+    ) -> None:
+        """Start a component. Orphaned, the Go components are killed outright
+        (kube-apiserver's graceful shutdown hangs once etcd is gone); the
+        kubelet gets SIGTERM, so that it kills its Pods first."""
         log_path = self.dir / "logs" / f"{name}.log"
-        self.processes[name] = ManagedProcess(args, log_path, **kwargs)  # type: ignore[arg-type]
+        self.processes[name] = ManagedProcess(args, log_path, env, cwd, death_signal)
 
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
@@ -363,6 +373,7 @@ class Rig:
             [sys.executable, "-m", "tests.cluster.kubelet", str(path)],
             env=env,
             cwd=REPO_ROOT,
+            death_signal=signal.SIGTERM,
         )
 
     # --- readiness -----------------------------------------------------------------
