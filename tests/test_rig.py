@@ -453,3 +453,52 @@ def test_on_failure_restarts_the_container_in_place(k8s_cluster: Cluster, namesp
     assert status.state.terminated.exit_code == 0
     assert k8s_cluster.pod_log(namespace, pod.metadata.name) == "second\n"
     assert k8s_cluster.pod_log(namespace, pod.metadata.name, previous=True) == "first\n"
+
+
+def test_init_containers_sidecars_and_a_late_secret(k8s_cluster: Cluster, namespace: str) -> None:
+    mount = [{"name": "shared", "mountPath": "/shared"}]
+    init: dict[str, Any] = {"name": "init", "command": ["sh", "-c", "echo from-init > /shared/f"]}
+    side: dict[str, Any] = {"name": "side", "restartPolicy": "Always", "command": ["sleep", "600"]}
+    main: dict[str, Any] = {
+        "name": "main",
+        "command": ["sh", "-c", "cat /shared/f; echo $(GREETING) $KEY"],
+    }
+    main["env"] = [
+        {"name": "GREETING", "value": "hello"},
+        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "late", "key": "v"}}},
+    ]
+    init["volumeMounts"] = main["volumeMounts"] = mount
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "staged"},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [{**init, "image": IMAGE}, {**side, "image": IMAGE}],
+            "containers": [{**main, "image": IMAGE}],
+            "volumes": [{"name": "shared", "emptyDir": {}}],
+        },
+    }
+    k8s_cluster.apply(pod, namespace=namespace)
+    core = client.CoreV1Api(k8s_cluster.api_client())
+
+    def waiting_reason() -> str:
+        statuses = core.read_namespaced_pod("staged", namespace).status.container_statuses or []
+        waiting = statuses[0].state.waiting if statuses else None
+        return str(waiting.reason) if waiting else ""
+
+    # Like a kubelet, it waits for the missing Secret instead of failing the Pod.
+    config_error = "CreateContainerConfigError"
+    wait_for(config_error, lambda: waiting_reason() == config_error, TIMEOUT_S)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late"}}
+    k8s_cluster.apply({**secret, "stringData": {"v": "sekrit"}}, namespace=namespace)
+
+    def phase() -> str:
+        return str(core.read_namespaced_pod("staged", namespace).status.phase)
+
+    wait_for("the Pod to succeed", lambda: phase() == "Succeeded", TIMEOUT_S)
+    assert k8s_cluster.pod_log(namespace, "staged") == "from-init\nhello sekrit\n"
+    status = core.read_namespaced_pod("staged", namespace).status
+    init_status, side_status = status.init_container_statuses
+    assert init_status.state.terminated.exit_code == 0
+    assert side_status.state.terminated is not None  # stopped once the main container ended

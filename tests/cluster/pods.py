@@ -367,10 +367,7 @@ class PodRunner(threading.Thread):
                     self._start(run)
                     changed = True
             if all(r.terminated and r.restart_at is None for r in self.mains):
-                sidecars = [c for c in self.inits if c.sidecar]
-                for run in sidecars:
-                    _signal_group(run, signal.SIGTERM)
-                self._await_exit(sidecars, 10.0)
+                self._stop_sidecars()
                 self._finish_phase()
                 self._update_ready()
                 self._write_status()
@@ -378,6 +375,20 @@ class PodRunner(threading.Thread):
             if changed:
                 self._update_ready()
                 self._write_status()
+
+    def _stop_sidecars(self) -> None:
+        """The main containers are done: sidecars get SIGTERM, as on a kubelet."""
+        sidecars = [c for c in self.inits if c.sidecar and c.process is not None]
+        for run in sidecars:
+            run.restart_at = None
+            _signal_group(run, signal.SIGTERM)
+        self._await_exit(sidecars, 10.0)
+        for run in sidecars:
+            _signal_group(run, signal.SIGKILL)
+        self._await_exit(sidecars, 5.0)
+        for run in sidecars:
+            if run.running:
+                self._record_exit(run)
 
     def _should_restart(self, run: ContainerRun) -> bool:
         if run.sidecar:
