@@ -427,3 +427,29 @@ def test_rbac_rules_are_the_calls_docs_operator_md_lists() -> None:
     documented = _documented_rules()
     assert documented, "no RBAC table found in docs/operator.md"
     assert chart_rules == documented
+
+
+def test_each_replica_draws_a_priority_and_execs_the_operator(tmp_path: Path) -> None:
+    """Run the peering start command under /bin/sh with a `kubeslim` that reports back."""
+    import os
+    import subprocess
+
+    container = _container(render({"replicas": 2}))
+    fake = tmp_path / "kubeslim"
+    fake.write_text('#!/bin/sh\necho "$KUBESLIM_PRIORITY $*"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    outputs = set()
+    for _ in range(5):
+        proc = subprocess.run(
+            [*container["command"], *container["args"]],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=True,
+        )
+        priority, args = proc.stdout.strip().split(" ", 1)
+        assert 0 <= int(priority) <= 65535 and args == "operator"
+        outputs.add(priority)
+    assert len(outputs) > 1  # drawn, not fixed (5 equal draws: 1 in 2^64)
