@@ -7,13 +7,16 @@ matters (on the rig it is ignored and `python` is the test environment's).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -49,6 +52,10 @@ spec:
               properties:
                 size: {type: integer, minimum: 1, maximum: 10}
                 color: {type: string, enum: [red, blue], default: red}
+            status:
+              type: object
+              properties:
+                seen: {type: integer}
 """
 
 
@@ -83,6 +90,26 @@ def job(name: str, script: str, backoff_limit: int = 0, **pod_spec: Any) -> dict
             "template": {"spec": {"restartPolicy": "Never", "containers": [container], **pod_spec}},
         },
     }
+
+
+def grant(
+    name: str, rules: list[dict[str, Any]], account: str, namespace: str, cluster: bool = False
+) -> list[dict[str, Any]]:
+    """A Role (or ClusterRole) and its binding to a ServiceAccount."""
+    kind = "ClusterRole" if cluster else "Role"
+    api = "rbac.authorization.k8s.io"
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    binding = {"apiGroup": api, "kind": kind, "name": name}
+    return [
+        {"apiVersion": f"{api}/v1", "kind": kind, "metadata": {"name": name}, "rules": rules},
+        {
+            "apiVersion": f"{api}/v1",
+            "kind": f"{kind}Binding",
+            "metadata": {"name": name},
+            "roleRef": binding,
+            "subjects": [subject],
+        },
+    ]
 
 
 def job_condition(cluster: Cluster, namespace: str, name: str) -> str | None:
@@ -316,27 +343,9 @@ def test_service_account_kubeconfig_is_limited_by_rbac(
         as_reader.list_namespaced_config_map(namespace)
     assert err.value.status == 403
 
+    list_config_maps = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
     k8s_cluster.apply(
-        [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "read-config-maps"},
-                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "reader-reads"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "read-config-maps",
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-            },
-        ],
-        namespace=namespace,
+        grant("read-config-maps", list_config_maps, "reader", namespace), namespace=namespace
     )
 
     def allowed() -> bool:
@@ -388,27 +397,10 @@ def test_start_process_runs_as_the_given_identity(k8s_cluster: Cluster, namespac
 def test_pod_reaches_the_api_as_its_service_account(k8s_cluster: Cluster, namespace: str) -> None:
     if not k8s_cluster.is_rig:
         pytest.skip("the image would need the kubernetes package and in-cluster config")
+    list_config_maps = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "lister"}}
     k8s_cluster.apply(
-        [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "lister"}},
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "list-config-maps"},
-                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "lister-lists"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "list-config-maps",
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": "lister", "namespace": namespace}],
-            },
-        ],
+        [account, *grant("list-config-maps", list_config_maps, "lister", namespace)],
         namespace=namespace,
     )
     container = {"args": [namespace]}
@@ -502,3 +494,84 @@ def test_init_containers_sidecars_and_a_late_secret(k8s_cluster: Cluster, namesp
     init_status, side_status = status.init_container_statuses
     assert init_status.state.terminated.exit_code == 0
     assert side_status.state.terminated is not None  # stopped once the main container ended
+
+
+def test_kopf_in_the_test_process_acts_as_a_service_account(
+    k8s_cluster: Cluster, namespace: str, widget_crd: None
+) -> None:
+    widgets = ["rig.kubeslim.dev"]
+    rules = [
+        {"apiGroups": widgets, "resources": ["widgets"], "verbs": ["list", "watch", "patch"]},
+        {"apiGroups": widgets, "resources": ["widgets/status"], "verbs": ["patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+    # kopf also watches CRDs and namespaces cluster-wide; without these it
+    # retries for about 50 s and then carries on with a warning.
+    cluster_rules = [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"]},
+        {"apiGroups": [""], "resources": ["namespaces"]},
+    ]
+    for rule in cluster_rules:
+        rule["verbs"] = ["list", "watch"]
+    cluster_role = f"widget-operator-{namespace}"
+    k8s_cluster.apply(
+        grant("widgets", rules, "widget-operator", namespace)
+        + grant(cluster_role, cluster_rules, "widget-operator", namespace, cluster=True),
+        namespace=namespace,
+    )
+    identity = k8s_cluster.service_account_kubeconfig(namespace, "widget-operator")
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return k8s_cluster.kopf_connection(identity)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="rig.kubeslim.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="rig.kubeslim.dev"
+        )
+        settings.persistence.finalizer = "rig.kubeslim.dev/finalizer"
+
+    @kopf.on.create("rig.kubeslim.dev", "v1", "widgets", registry=registry)
+    def created(spec: Any, patch: Any, **_: Any) -> None:
+        patch.status["seen"] = spec["size"]
+
+    stop = threading.Event()
+    ready = threading.Event()
+    operator = threading.Thread(
+        target=lambda: asyncio.run(
+            kopf.operator(
+                registry=registry,
+                namespaces=[namespace],
+                standalone=True,
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        ),
+        daemon=True,
+    )
+    operator.start()
+    try:
+        assert ready.wait(60)
+        widget = {"apiVersion": "rig.kubeslim.dev/v1", "kind": "Widget", "metadata": {"name": "w"}}
+        k8s_cluster.apply({**widget, "spec": {"size": 4}}, namespace=namespace)
+        custom = client.CustomObjectsApi(k8s_cluster.api_client())
+
+        def seen() -> Any:
+            obj = custom.get_namespaced_custom_object(
+                "rig.kubeslim.dev", "v1", namespace, "widgets", "w"
+            )
+            return obj.get("status", {}).get("seen")
+
+        wait_for("the operator to write status.seen", lambda: seen() == 4, TIMEOUT_S)
+    finally:
+        stop.set()
+        operator.join(30)
+        rbac = client.RbacAuthorizationV1Api(k8s_cluster.api_client())
+        rbac.delete_cluster_role_binding(cluster_role)
+        rbac.delete_cluster_role(cluster_role)
+    assert not operator.is_alive()

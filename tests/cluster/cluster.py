@@ -212,6 +212,32 @@ class Cluster:
         path.chmod(0o600)
         return path
 
+    def kopf_connection(self, kubeconfig: Path | None = None) -> Any:
+        """A kopf.ConnectionInfo for an operator run in the test process.
+
+        Return it from an `@kopf.on.login()` handler: kopf's default login goes
+        through the kubernetes client, which read $KUBECONFIG at import time.
+        """
+        import kopf
+
+        doc = yaml.safe_load((kubeconfig or self.kubeconfig).read_text())
+        context = _named(doc["contexts"], doc["current-context"])["context"]
+        cluster = _named(doc["clusters"], context["cluster"])["cluster"]
+        user = _named(doc["users"], context["user"])["user"]
+        return kopf.ConnectionInfo(
+            server=cluster["server"],
+            ca_data=cluster.get("certificate-authority-data"),
+            ca_path=cluster.get("certificate-authority"),
+            insecure=cluster.get("insecure-skip-tls-verify"),
+            token=user.get("token"),
+            scheme="Bearer" if user.get("token") else None,
+            certificate_data=user.get("client-certificate-data"),
+            certificate_path=user.get("client-certificate"),
+            private_key_data=user.get("client-key-data"),
+            private_key_path=user.get("client-key"),
+            default_namespace=context.get("namespace"),
+        )
+
     def _cluster_entry(self) -> Obj:
         """The admin kubeconfig's current cluster, file paths made absolute."""
         doc = yaml.safe_load(self.kubeconfig.read_text())
@@ -269,6 +295,10 @@ class Cluster:
     def stop_processes(self) -> None:
         for proc in self.processes:
             proc.stop()
+
+
+def _named(items: list[Obj], name: str) -> Obj:
+    return next(item for item in items if item["name"] == name)
 
 
 def wait_for(
