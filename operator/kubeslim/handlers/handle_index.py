@@ -9,11 +9,15 @@ from kubeslim.api.status import State
 
 def running_optimizations(
     namespace: str | None, name: str | None, status: Any, **_: Any
-) -> dict[str, str] | None:
-    """Index key "running" -> "namespace/name" for each optimization that holds a slot."""
+) -> dict[str, str]:
+    """Index key "running" -> "namespace/name" for each optimization that holds a slot.
+
+    Not running gives {}, not None: kopf keeps an object's last entries when its
+    indexer returns None, so a finished optimization would hold its slot forever.
+    """
     if status.get("state") == State.running:
         return {"running": f"{namespace}/{name}"}
-    return None
+    return {}
 
 
 def running_keys(index: Any) -> list[str]:

@@ -90,6 +90,9 @@ def run_operator(config: OperatorConfig, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose)
     logging.getLogger("kubeslim").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not verbose:
+        # kopf logs every timer tick at INFO; our own log lines say what changed.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     scope = ", ".join(config.namespaces) or "all namespaces"
     logging.getLogger("kubeslim.operator").info(
         "watching %s; at most %d optimizations at once", scope, config.max_concurrent

@@ -75,7 +75,10 @@ def counts_for(
 
     if spec.target.filter_rate is not None:
         return at(fraction)
-    return _search_flops(graph, at, fraction)
+    counts = _search_flops(graph, at, fraction)
+    if spec.global_ranking:
+        return counts
+    return _refine(graph, counts, fraction, spec.round_to)
 
 
 def _search_flops(graph: PruningGraph, at: object, reduction: float) -> dict[int, int]:
@@ -100,4 +103,37 @@ def _search_flops(graph: PruningGraph, at: object, reduction: float) -> dict[int
             hi = mid
         else:
             lo = mid
-    return counts_at(hi)  # type: ignore[operator,no-any-return]
+    # Return the last rate *below* the target: _refine closes the gap in
+    # round_to steps instead of overshooting by a whole rounding step everywhere.
+    return counts_at(lo) if reduction_at(lo) < reduction else counts_at(hi)  # type: ignore[operator,no-any-return]
+
+
+def _refine(
+    graph: PruningGraph, counts: dict[int, int], reduction: float, round_to: int
+) -> dict[int, int]:
+    """Remove round_to more channels at a time until the FLOPs target is met.
+
+    With a uniform rate, layers round together and the reduction jumps (e.g.
+    56% -> 75% as every 32-filter layer goes from 24 to 16 filters). Here the
+    step that lands closest above the target wins; until one lands, the group
+    least cut so far gives up round_to filters, which keeps the cut even.
+    """
+    counts = dict(counts)
+    total = graph.total_macs
+
+    def reduction_of(c: dict[int, int]) -> float:
+        return 1 - graph.estimate_macs(c) / total
+
+    while reduction_of(counts) < reduction:
+        options = []
+        for g in graph.groups:
+            floor = keep_count(g.channels, MAX_LAYER_RATE, round_to)
+            if g.channels - counts[g.index] - round_to >= floor:
+                trial = {**counts, g.index: counts[g.index] + round_to}
+                options.append((reduction_of(trial), counts[g.index] / g.channels, g.index))
+        if not options:
+            break
+        reaching = [o for o in options if o[0] >= reduction]
+        best = min(reaching) if reaching else min(options, key=lambda o: o[1])
+        counts[best[2]] += round_to
+    return counts
