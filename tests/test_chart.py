@@ -124,6 +124,7 @@ def test_one_replica_runs_standalone_and_recreates() -> None:
     assert all("kopf.dev" not in r["apiGroups"] for r in rules)
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert _container(docs)["command"] == ["kubeslim"]
     assert _container(docs)["args"] == ["operator"]
 
 

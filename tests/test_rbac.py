@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.tools.chart import find, one, render
+from tests.tools.chart import CHART, find, helm, one, render
 
 pytestmark = pytest.mark.cluster
 
@@ -372,6 +372,84 @@ def test_chart_identity_takes_digits_to_succeeded(crds_applied: Any, tmp_path: P
     finally:
         install.stop()
         install.forget(namespace, "digits")
+
+
+def test_helm_install_runs_the_operator_pod_and_uninstall_keeps_the_crd(
+    crds_applied: Any, tmp_path: Path
+) -> None:
+    """`helm install` for real: the chart's Deployment runs the operator as a Pod (the fake
+    kubelet runs `kubeslim operator` with the Pod's ServiceAccount token and the ConfigMap
+    as environment), which takes up a ModelOptimization; `helm uninstall` removes the
+    operator and its RBAC but leaves the CRD and the resources."""
+    from kubernetes import client
+
+    cluster = crds_applied
+    if not cluster.is_rig:
+        pytest.skip("needs the test control plane: a real cluster would pull the images")
+    namespace = _namespace(cluster, "rbac-helm")
+    kubeconfig = str(cluster.kubeconfig)
+    installed = helm(
+        "install",
+        "rbac-helm",
+        str(CHART),
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        RELEASE_NS,
+        "--set",
+        "rbac.scope=namespace",
+        "--set",
+        f"rbac.namespaces={{{namespace}}}",
+        "--set",
+        f"operator.healthPort={_free_port()}",
+    )
+    assert "kubeslim 0.1.0 is installed as rbac-helm-kubeslim" in installed.stdout
+    assert f"It serves ModelOptimizations in: {namespace}." in installed.stdout
+    api = cluster.api_client()
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    install = Install.__new__(Install)  # only the API helpers, nothing applied
+    install.custom, install.batch, install.core = (
+        client.CustomObjectsApi(api),
+        client.BatchV1Api(api),
+        core,
+    )
+    try:
+        install.create(namespace, "by-pod", STANDIN, tmp_path / "artifacts")
+        deadline = time.monotonic() + VARIANT_BOUND_S
+        # The operator Pod adopts it: finalizer, then the first stage's Job.
+        while not install.jobs(namespace, "by-pod"):
+            pods = core.list_namespaced_pod(
+                RELEASE_NS, label_selector="app.kubernetes.io/instance=rbac-helm"
+            ).items
+            phases = [p.status.phase for p in pods]
+            assert "Failed" not in phases, phases
+            assert time.monotonic() < deadline, f"no Job from the operator Pod; Pods: {phases}"
+            time.sleep(0.5)
+        assert apps.read_namespaced_deployment("rbac-helm-kubeslim", RELEASE_NS)
+    finally:
+        helm(
+            "uninstall",
+            "rbac-helm",
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            RELEASE_NS,
+            "--wait",
+            "--timeout",
+            "60s",
+        )
+    assert not apps.list_namespaced_deployment(
+        RELEASE_NS, label_selector="app.kubernetes.io/instance=rbac-helm"
+    ).items
+    assert (
+        not client.RbacAuthorizationV1Api(api)
+        .list_namespaced_role(namespace, label_selector="app.kubernetes.io/instance=rbac-helm")
+        .items
+    )
+    ext = client.ApiextensionsV1Api(api)
+    assert ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")  # kept
+    assert install.status(namespace, "by-pod") is not None  # and so is the resource
+    install.forget(namespace, "by-pod")
 
 
 def test_all_rules_pass_the_scenario(
