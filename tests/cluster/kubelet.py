@@ -21,9 +21,9 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -139,7 +139,7 @@ class FakeKubelet:
         api.configuration.connection_pool_maxsize = 64
         api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 64
         self.core = client.CoreV1Api(api)
-        kubeconfig = json.loads(json.dumps(_load_yaml(Path(cfg.kubeconfig))))
+        kubeconfig = yaml.safe_load(Path(cfg.kubeconfig).read_text())
         cluster = kubeconfig["clusters"][0]["cluster"]
         self.node = NodeContext(
             node_name=cfg.node_name,
@@ -306,16 +306,10 @@ class FakeKubelet:
         return runner.log_source(container, previous)
 
 
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    return yaml.safe_load(path.read_text())
-
-
 def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(threadName)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # The API server's CA is trusted explicitly; silence nothing else.

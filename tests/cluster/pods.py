@@ -182,6 +182,7 @@ class PodRunner(threading.Thread):
         self.inits = [ContainerRun(c, init=True) for c in spec.get("initContainers", [])]
         self.mains = [ContainerRun(c, init=False) for c in spec.get("containers", [])]
         self.phase = "Pending"
+        self.message = ""
         self.start_time = now()
         self.conditions: dict[str, Obj] = {}
         self.delete_requested = threading.Event()
@@ -224,20 +225,33 @@ class PodRunner(threading.Thread):
     def run(self) -> None:
         try:
             self._live()
-            self.delete_requested.wait()
+        except Exception as err:
+            # A bug or an API error here must not strand the Pod: report it as
+            # failed, and still confirm its deletion below.
+            log.exception("pod %s/%s: runner failed", self.namespace, self.pod_name)
+            self.kill_all()
+            self.phase = "Failed"
+            self.message = f"fake kubelet: {err}"
+            with contextlib.suppress(Exception):
+                self._write_status()
+        self.delete_requested.wait()
+        try:
             self._stop_containers()
             self._finish_phase()
             self._write_status()
-            self._confirm_deletion()
         except Exception:
-            log.exception("pod %s/%s: runner failed", self.namespace, self.pod_name)
+            log.exception("pod %s/%s: stopping failed", self.namespace, self.pod_name)
             self.kill_all()
+        self._confirm_deletion()
 
     def _live(self) -> None:
         self._set_condition("PodScheduled", True)
         self._set_condition("PodReadyToStartContainers", False)
         self._set_condition("Initialized", not self.inits)
         self._set_ready(False)
+        if self.inits:
+            for run in self.mains:
+                run.state = {"waiting": {"reason": "PodInitializing"}}
         self._write_status()
         if not self._prepare():
             return
@@ -536,6 +550,7 @@ class PodRunner(threading.Thread):
             "startTime": self.start_time,
             "initContainerStatuses": [r.status() for r in self.inits],
             "containerStatuses": [r.status() for r in self.mains],
+            **({"message": self.message} if self.message else {}),
         }
 
     def _write_status(self) -> None:
@@ -567,6 +582,7 @@ class PodRunner(threading.Thread):
                 if err.status != 409:
                     log.warning("pod %s: status update failed: %s", self.pod_name, err.body)
                     return
+        log.warning("pod %s: status update kept conflicting; gave up", self.pod_name)
 
     def _confirm_deletion(self) -> None:
         """Finish a graceful deletion, as the kubelet does once containers stopped."""
