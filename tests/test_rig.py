@@ -575,3 +575,21 @@ def test_kopf_in_the_test_process_acts_as_a_service_account(
         rbac.delete_cluster_role_binding(cluster_role)
         rbac.delete_cluster_role(cluster_role)
     assert not operator.is_alive()
+
+
+def test_pod_whose_node_selector_matches_no_node_stays_pending(
+    k8s_cluster: Cluster, namespace: str
+) -> None:
+    spec = job("nowhere", "print('never')", nodeSelector={"kubeslim.dev/no-such-label": "x"})
+    k8s_cluster.apply(spec, namespace=namespace)
+
+    def scheduled_condition() -> Any:
+        pods = job_pods(k8s_cluster, namespace, "nowhere")
+        conditions = (pods[0].status.conditions or []) if pods else []
+        return next((c for c in conditions if c.type == "PodScheduled"), None)
+
+    wait_for("the PodScheduled condition", scheduled_condition, TIMEOUT_S)
+    condition = scheduled_condition()
+    assert (condition.status, condition.reason) == ("False", "Unschedulable")
+    (pod,) = job_pods(k8s_cluster, namespace, "nowhere")
+    assert pod.spec.node_name is None and pod.status.phase == "Pending"

@@ -160,7 +160,6 @@ class FakeKubelet:
             Path(cfg.client_ca),
             self.resolve_log,
         )
-        self.labels: dict[str, str] = {}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -179,7 +178,6 @@ class FakeKubelet:
 
     def register_node(self) -> None:
         body = node_object(self.cfg.node_name, self.server.port)
-        self.labels = body["metadata"]["labels"]
         try:
             self.core.create_node(body, _preload_content=False)
         except ApiException as err:
@@ -257,13 +255,8 @@ class FakeKubelet:
         if spec.get("schedulerName", "default-scheduler") != "default-scheduler":
             return
         selector = spec.get("nodeSelector") or {}
-        if any(self.labels.get(k) != v for k, v in selector.items()):
-            log.info(
-                "pod %s/%s: nodeSelector %s does not match",
-                meta["namespace"],
-                meta["name"],
-                selector,
-            )
+        if selector and not self._selector_matches(selector):
+            self._mark_unschedulable(pod)
             return
         binding = {
             "apiVersion": "v1",
@@ -279,6 +272,39 @@ class FakeKubelet:
         except ApiException as err:
             if err.status not in (404, 409):
                 log.warning("binding %s failed: %s", meta["name"], err.body)
+
+    def _selector_matches(self, selector: dict[str, str]) -> bool:
+        # Read the labels now: tests may label the node after it registered.
+        node = json.loads(self.core.read_node(self.cfg.node_name, _preload_content=False).data)
+        labels = node["metadata"].get("labels") or {}
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    def _mark_unschedulable(self, pod: Obj) -> None:
+        """Say why the Pod stays Pending, in the scheduler's words."""
+        meta = pod["metadata"]
+        conditions = pod.get("status", {}).get("conditions") or []
+        if any(c["type"] == "PodScheduled" and c["status"] == "False" for c in conditions):
+            return
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: "
+            "1 node(s) didn't match Pod's node affinity/selector.",
+            "lastProbeTime": None,
+            "lastTransitionTime": now(),
+        }
+        try:
+            self.core.patch_namespaced_pod_status(
+                meta["name"],
+                meta["namespace"],
+                {"status": {"conditions": [condition]}},
+                _content_type="application/strategic-merge-patch+json",
+                _preload_content=False,
+            )
+        except ApiException as err:
+            if err.status != 404:
+                log.warning("pod %s: marking unschedulable failed: %s", meta["name"], err.body)
 
     def _confirm_deletion(self, pod: Obj) -> None:
         meta = pod["metadata"]
