@@ -350,8 +350,11 @@ def test_pipeline_succeeds_with_metrics_artifacts_progress_and_events(env: Env) 
     assert "kopf" not in json.dumps(status)  # kopf's state stays in annotations
     annotations = env.get("happy")["metadata"].get("annotations") or {}
     assert any(k.startswith("kubeslim.dev/") for k in annotations)
-    reasons = [r for r, _ in env.events("happy")]
-    assert "JobCreated" in reasons and "AllStagesCompleted" in reasons
+    _wait(  # kopf posts Events in the background
+        "JobCreated and AllStagesCompleted Events",
+        lambda: {"JobCreated", "AllStagesCompleted"} <= {r for r, _ in env.events("happy")},
+        env.operator,
+    )
 
     # A spec edit re-runs from the first changed stage (quantize) and reuses the rest.
     env.custom.patch_namespaced_custom_object(
@@ -411,7 +414,11 @@ def test_job_failure_gives_a_failed_condition_with_the_log_tail(env: Env) -> Non
     assert "error: calibration data is empty" in failed["message"]
     assert status["currentStage"] == "quantize"
     assert env.condition("broken", "Quantized")["reason"] == "JobFailed"
-    assert any(r == "JobFailed" for r, _ in env.events("broken"))
+    _wait(  # kopf posts Events in the background
+        "a JobFailed Event",
+        lambda: any(r == "JobFailed" for r, _ in env.events("broken")),
+        env.operator,
+    )
     # No crash loop: nothing after the failed stage is created, the operator keeps running.
     assert "broken-benchmark-g1" not in env.jobs("broken")
     assert env.operator.returncode is None

@@ -123,7 +123,7 @@ def test_status_round_trip_and_mangled_status() -> None:
 
 def test_index_and_timer_filters() -> None:
     assert running_optimizations("ns", "a", {"state": "Running"}) == {"running": "ns/a"}
-    assert running_optimizations("ns", "a", {"state": "Waiting"}) is None
+    assert running_optimizations("ns", "a", {"state": "Waiting"}) == {}
     assert running_keys({"running": ["ns/a"]}) == ["ns/a"] and running_keys(None) == []
     assert unsettled({"state": "Running"}, {"generation": 1})
     assert not unsettled({"state": "Succeeded", "observedGeneration": 1}, {"generation": 1})
