@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.cluster.cluster import Cluster
-from tests.cluster.rig import Rig, binaries_dir
+if TYPE_CHECKING:
+    from tests.cluster.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ def k8s_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A Kubernetes cluster for the session: the rig, or --kubeconfig's cluster."""
+    # Imported here so that sessions without cluster tests never load the
+    # kubernetes client.
+    from tests.cluster.cluster import Cluster
+    from tests.cluster.rig import Rig, binaries_dir
+
     work_dir = tmp_path_factory.mktemp("k8s")
     external = request.config.getoption("--kubeconfig")
     if external:
@@ -47,9 +53,9 @@ def k8s_cluster(
     rig = Rig(binaries_dir(), work_dir)
     rig.start()
     log.info("k8s rig ready in %.1f s (logs under %s)", rig.ready_s, work_dir / "logs")
+    cluster = Cluster(rig.kubeconfig, work_dir, rig)
     try:
-        cluster = Cluster(rig.kubeconfig, work_dir, rig)
         yield cluster
-        cluster.stop_processes()
     finally:
+        cluster.stop_processes()
         rig.stop()
