@@ -314,6 +314,10 @@ def test_invalid_resource_is_rejected_by_the_api_server(env: Env) -> None:
     with pytest.raises(ApiException) as err:
         env.create("bad-rate", bad_rate, {})
     assert "spec.pruning.target.filterRate" in str(err.value.body)
+    # A dotted name is a valid object name but not a label value: the root CEL rule.
+    with pytest.raises(ApiException) as err:
+        env.create("v1.2", SPEC, {})
+    assert "metadata.name must be a DNS label" in str(err.value.body)
 
 
 def test_pipeline_succeeds_with_metrics_artifacts_progress_and_events(env: Env) -> None:
@@ -493,8 +497,17 @@ def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
         }
         env.create("digits", spec, {})
         status = env.wait_state("digits", "Succeeded")
-        assert status["metrics"]["optimized"]["accuracy"] > 0
-        assert status["artifacts"]["int8Ir"]
+        metrics = status["metrics"]
+        assert metrics["baseline"]["accuracy"] is not None
+        assert metrics["optimized"]["accuracy"] > 0.2  # ten classes: well above chance
+        assert metrics["optimized"]["sizeBytes"] < metrics["baseline"]["sizeBytes"]
+        assert status["speedup"].endswith("x") and status["sizeReduction"].endswith("x")
+        assert status["accuracyDrop"].endswith("pt")
+        assert set(status["artifacts"]) == {"prunedModel", "onnx", "ir", "int8Ir", "report"}
+        for entry in status["stages"]:
+            assert entry["state"] == "Succeeded" and entry["resultUri"], entry
+            path = Path(entry["resultUri"].removeprefix("file://"))
+            assert path.is_file(), entry["resultUri"]
         env.delete("digits")
     finally:
         env.stop_operator()
