@@ -455,6 +455,19 @@ def test_spec_the_operator_rejects_gets_invalid_spec(env: Env) -> None:
         env.delete("invalid")
 
 
+def test_job_the_api_server_refuses_fails_the_resource_naming_execution(env: Env) -> None:
+    resources = {"pruneResources": {"limits": {"cpu": "lots"}}}
+    bad = {**SPEC, "execution": {**SPEC["execution"], **resources}}
+    env.create("bad-quantity", bad, {})
+    env.wait_state("bad-quantity", "Failed")
+    failed = env.condition("bad-quantity", "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("invalid spec: spec.execution: the API server rejected Job")
+    assert "bad-quantity-prune-g1" in failed["message"]
+    assert env.jobs("bad-quantity") == []
+    env.delete("bad-quantity")
+
+
 def test_concurrency_limit_makes_the_second_wait(env: Env) -> None:
     env.create("first", SPEC, {"gate": ["prune"]})
     _wait("first running", lambda: env.status("first").get("state") == "Running", env.operator)
