@@ -16,7 +16,17 @@ import pytest
 import yaml
 
 from kubeslim.config import OperatorConfig
-from tests.tools.chart import CHART, ROOT, Doc, find, helm, one, render
+from tests.tools.chart import (
+    CHART,
+    ROOT,
+    Doc,
+    find,
+    helm,
+    helm_binary,
+    kustomize_binary,
+    one,
+    render,
+)
 
 # The newest Kubernetes the installed kubernetes-validate has schemas for.
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -454,3 +464,32 @@ def test_each_replica_draws_a_priority_and_execs_the_operator(tmp_path: Path) ->
         assert 0 <= int(priority) <= 65535 and args == "operator"
         outputs.add(priority)
     assert len(outputs) > 1  # drawn, not fixed (5 equal draws: 1 in 2^64)
+
+
+def test_gitops_kustomize_build_renders_chart_and_sample() -> None:
+    """The real `kustomize build --enable-helm`, with our helm, as a GitOps tool runs it."""
+    import subprocess
+
+    proc = subprocess.run(
+        [
+            kustomize_binary(),
+            "build",
+            "--enable-helm",
+            "--helm-command",
+            helm_binary(),
+            str(GITOPS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("CustomResourceDefinition") == 3
+    assert {"Deployment", "Role", "RoleBinding", "KopfPeering", "ModelOptimization"} <= set(kinds)
+    for doc in docs:
+        if not doc["apiVersion"].startswith(CUSTOM_GROUPS):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert one(docs, "Deployment")["metadata"]["namespace"] == "kubeslim-system"
+    assert one(docs, "ModelOptimization")["metadata"]["namespace"] == "ml"

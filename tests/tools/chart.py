@@ -1,8 +1,8 @@
 """Render the Helm chart with the real `helm` binary, for the chart and RBAC tests.
 
-helm is built from source by tests/tools/install-helm.sh into
-${KUBESLIM_TOOLS:-~/.cache/kubeslim/bin}. Without it the tests skip on a developer's
-machine and fail in CI (CI=true), where .ci/run builds it first.
+helm and kustomize are built from source by tests/tools/install-helm.sh and
+install-kustomize.sh into ${KUBESLIM_TOOLS:-~/.cache/kubeslim/bin}. Without them the tests
+skip on a developer's machine and fail in CI (CI=true), where .ci/run builds them first.
 """
 
 from __future__ import annotations
@@ -32,18 +32,28 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def helm_binary() -> str:
-    """The helm binary; skips the calling test (fails it in CI) when there is none."""
-    cached = tools_dir() / "helm"
+def tool_binary(name: str, script: Path) -> str:
+    """A tool built by `script` (or on PATH); skips the calling test, or fails it in CI."""
+    cached = tools_dir() / name
     if cached.is_file() and os.access(cached, os.X_OK):
         return str(cached)
-    found = shutil.which("helm")
+    found = shutil.which(name)
     if found:
         return found
-    reason = f"helm not found in {tools_dir()} or on PATH; build it with {INSTALL_SCRIPT}"
+    reason = f"{name} not found in {tools_dir()} or on PATH; build it with {script}"
     if in_ci():
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def helm_binary() -> str:
+    """The helm binary (tests/tools/install-helm.sh)."""
+    return tool_binary("helm", INSTALL_SCRIPT)
+
+
+def kustomize_binary() -> str:
+    """The kustomize binary (tests/tools/install-kustomize.sh)."""
+    return tool_binary("kustomize", INSTALL_SCRIPT.with_name("install-kustomize.sh"))
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
