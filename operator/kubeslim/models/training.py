@@ -71,11 +71,11 @@ def train_epoch(
         opt.step()
         if after_step is not None:
             after_step()
-        total += float(loss) * len(y)
+        total += float(loss.detach()) * len(y)
         seen += len(y)
         now = time.monotonic()
         if now - last_report > 0.5 or step + 1 == steps:
-            reporter.update(step=step + 1, steps=steps, loss=round(float(loss), 4))
+            reporter.update(step=step + 1, steps=steps, loss=round(float(loss.detach()), 4))
             last_report = now
     return total / max(seen, 1)
 

