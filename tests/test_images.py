@@ -397,3 +397,14 @@ def _assert_covered_by(imports: frozenset[str], extras: frozenset[str], start: s
         if distributions_of(t) and not distributions_of(t) & provided
     }
     assert not missing, f"kubeslim[{','.join(sorted(extras))}] lacks {missing} from {start}"
+
+
+def test_stage_pods_run_as_the_images_user() -> None:
+    """The Job builder's runAsUser is the UID the images create, so files and HOME match."""
+    from kubeslim.executors.job import RUN_AS
+
+    assert str(RUN_AS) == UID
+    for stage in STAGE_NAMES:
+        _, image = stage_job(stage)
+        final = parse_dockerfile(dockerfile_of(image))[1][-1]
+        assert final.all("USER")[-1] == f"{UID}:{UID}"
