@@ -3,6 +3,7 @@ one process, on the same data and the same CPU settings."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,7 +39,7 @@ def benchmark(ctx: StageContext) -> StageOutput:
             "flops",
             "params",
         )
-        row = measure(core, path, ctx, spec.benchmark)
+        row = measure_isolated(core, path, ctx, spec.benchmark)
         row.update(
             model=label,
             flops=convert.metrics.get(flops_key),
@@ -52,6 +53,25 @@ def benchmark(ctx: StageContext) -> StageOutput:
         metrics=metrics,
         details={"models": rows},
     )
+
+
+def measure_isolated(
+    core: ov.Core, path: Path, ctx: StageContext, spec: BenchmarkSpec
+) -> dict[str, Any]:
+    """measure() with Python's cycle collector paused.
+
+    If the collector runs on an OpenVINO worker thread (any thread that holds
+    the GIL can trigger it) and frees a compiled model whose executor owns that
+    thread, the executor joins itself and the process aborts. Collecting only
+    here, on the main thread, between models, rules that out.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        return measure(core, path, ctx, spec)
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def measure(core: ov.Core, path: Path, ctx: StageContext, spec: BenchmarkSpec) -> dict[str, Any]:
@@ -119,17 +139,27 @@ def latency(compiled: ov.CompiledModel, sample: np.ndarray, duration: float) -> 
 
 
 def throughput(compiled: ov.CompiledModel, batch: np.ndarray, duration: float) -> float:
-    """Images per second with as many parallel requests as OpenVINO suggests."""
-    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    for _ in range(len(queue)):
-        queue.start_async({0: batch})
-    queue.wait_all()
+    """Images per second with as many parallel requests as OpenVINO suggests.
+
+    Requests are started and awaited round-robin from this thread: no Python
+    callback ever runs on OpenVINO's worker threads (see measure_isolated).
+    """
+    n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    requests = [compiled.create_infer_request() for _ in range(max(1, n))]
+    for r in requests:  # warm-up
+        r.infer({0: batch})
     done = 0
     start = time.perf_counter()
+    for r in requests:
+        r.start_async({0: batch})
     while time.perf_counter() - start < duration:
-        queue.start_async({0: batch})
+        for r in requests:
+            r.wait()
+            done += 1
+            r.start_async({0: batch})
+    for r in requests:
+        r.wait()
         done += 1
-    queue.wait_all()
     return round(done * batch.shape[0] / (time.perf_counter() - start), 2)
 
 
