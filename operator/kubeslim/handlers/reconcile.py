@@ -113,6 +113,9 @@ def reconcile(
             )
             rt.table.settle(key, decided.holds_slot)
         decided = _act(rt, body, spec, decided)
+        if not decided.holds_slot:  # a refused Job turns the plan terminal: free the slot
+            with rt.table.lock:
+                rt.table.settle(key, False)
         new_status = decided.status
         if progress and decided.action in (Action.wait, Action.create_jobs) and decided.stage:
             new_status = _with_progress(rt, namespace, new_status, decided.stage, jobs)
