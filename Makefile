@@ -38,11 +38,12 @@ data-deps:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
-# etcd, kube-apiserver, kube-controller-manager and helm, built from the Go module
+# etcd, kube-apiserver, kube-controller-manager, helm and kustomize, built from the Go module
 # proxy once and cached under ~/.cache/kubeslim.
 cluster-tools:
 	bash tests/cluster/k8s/build.sh
 	bash tests/tools/install-helm.sh
+	bash tests/tools/install-kustomize.sh
 
 # --- the two commands ------------------------------------------------------
 quickstart: $(STAMP) data-deps
