@@ -64,9 +64,11 @@ def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return container
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
 @pytest.mark.parametrize("scope", ["cluster", "namespace"])
-def test_lint_strict(scope: str) -> None:
-    proc = helm("lint", "--strict", str(CHART), "--set", f"rbac.scope={scope}", check=False)
+def test_lint_strict(scope: str, replicas: int) -> None:
+    flags = ["--set", f"rbac.scope={scope}", "--set", f"replicas={replicas}"]
+    proc = helm("lint", "--strict", str(CHART), *flags, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 chart(s) failed" in proc.stdout
 
