@@ -60,13 +60,18 @@ def write(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def kubeslim(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def kubeslim(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a child process, as a user would."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "kubeslim", *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
     )
 
 

@@ -40,7 +40,9 @@ def test_quickstart_prints_before_after_table(quickstart_run: tuple[Path, str]) 
     bench = json.loads((artifacts / "benchmark" / "result.json").read_text())
     m = bench["metrics"]
     assert [row["model"] for row in bench["details"]["models"]] == [
-        "original", "pruned", "pruned-int8"
+        "original",
+        "pruned",
+        "pruned-int8",
     ]
     assert m["optimized"]["flops"] < 0.5 * m["baseline"]["flops"]
     assert m["optimized"]["params"] < m["baseline"]["params"]
@@ -68,12 +70,13 @@ def test_spec_edit_reruns_only_from_the_changed_stage(quickstart_run: tuple[Path
     doc["spec"]["quantization"]["subsetSize"] = 200
     edited = write(spec.parent / "edited.yaml", doc)
     artifacts = spec.parent / "artifacts"
-    fps = {s: json.loads((artifacts / s / "result.json").read_text())["fingerprint"]
-           for s in ("prune", "convert", "quantize", "benchmark")}
+    fps = {
+        s: json.loads((artifacts / s / "result.json").read_text())["fingerprint"]
+        for s in ("prune", "convert", "quantize", "benchmark")
+    }
     run = kubeslim("run", str(edited))
     assert run.returncode == 0, run.stderr[-2000:]
-    now = {s: json.loads((artifacts / s / "result.json").read_text())["fingerprint"]
-           for s in fps}
+    now = {s: json.loads((artifacts / s / "result.json").read_text())["fingerprint"] for s in fps}
     assert now["prune"] == fps["prune"] and now["convert"] == fps["convert"]
     assert now["quantize"] != fps["quantize"] and now["benchmark"] != fps["benchmark"]
 

@@ -33,15 +33,22 @@ def _randomize_bn(model: nn.Module) -> None:
 
 
 def _prune(
-    model: nn.Module, x: torch.Tensor, target: dict[str, float], train_steps: int = 0, **extra: object
+    model: nn.Module,
+    x: torch.Tensor,
+    target: dict[str, float],
+    train_steps: int = 0,
+    **extra: object,
 ) -> tuple[nn.Module, object, torch.Tensor]:
     """Run the Pruner, capturing the soft-masked output just before removal."""
     spec = PruningSpec.model_validate(
         {
             "target": target,
             "schedule": {"steps": 2},
-            "fineTune": {"epochs": 1 if train_steps else 0, "maxStepsPerEpoch": train_steps or None,
-                         "learningRate": 0.01},
+            "fineTune": {
+                "epochs": 1 if train_steps else 0,
+                "maxStepsPerEpoch": train_steps or None,
+                "learningRate": 0.01,
+            },
             **extra,
         }
     )
@@ -136,8 +143,13 @@ def test_l1_criterion_masks_the_smallest_filters() -> None:
             model[0].weight[i].fill_(float(i + 1))
     x = torch.randn(1, 1, 8, 8)
     spec = PruningSpec.model_validate(
-        {"criterion": "l1", "target": {"filterRate": 0.5}, "schedule": {"steps": 1},
-         "fineTune": {"epochs": 0}, "roundTo": 1}
+        {
+            "criterion": "l1",
+            "target": {"filterRate": 0.5},
+            "schedule": {"steps": 1},
+            "fineTune": {"epochs": 0},
+            "roundTo": 1,
+        }
     )
     pruner = Pruner(spec, Reporter("none"))
     graph = build_graph(model, x, pruner.ignored_layers(model, 4))
@@ -150,7 +162,7 @@ def test_l1_criterion_masks_the_smallest_filters() -> None:
 def test_global_ranking_cuts_unevenly_but_reaches_the_target() -> None:
     model = build_model(ModelSpec(architecture="resnet18", num_classes=10, input_shape=[3, 32, 32]))
     x = torch.randn(1, 3, 32, 32)
-    pruned, report, _ = _prune(model, x, {"flopsReduction": 0.5}, globalRanking=True)
+    _pruned, report, _ = _prune(model, x, {"flopsReduction": 0.5}, globalRanking=True)
     kept = {row["kept"] / row["total"] for row in report.layers}  # type: ignore[attr-defined]
     assert len(kept) > 2  # not one uniform rate
     assert 1 - report.flops_after / report.flops_before >= 0.45  # type: ignore[attr-defined]
@@ -191,6 +203,8 @@ def test_pruned_model_reloads_from_weights_and_history(tmp_path: object) -> None
 def test_criteria_are_distinct() -> None:
     from kubeslim.pruning.importance import importance_for
 
-    kinds = {type(importance_for(c)).__name__ + str(getattr(importance_for(c), "p", ""))
-             for c in Criterion}
+    kinds = {
+        type(importance_for(c)).__name__ + str(getattr(importance_for(c), "p", ""))
+        for c in Criterion
+    }
     assert len(kinds) == 3

@@ -20,7 +20,10 @@ def test_every_architecture_exists_in_torchvision() -> None:
 
 
 def test_examples_are_valid() -> None:
-    for path in [ROOT / "examples" / "quickstart.yaml", *ROOT.glob("examples/**/modeloptimization*.yaml")]:
+    for path in [
+        ROOT / "examples" / "quickstart.yaml",
+        *ROOT.glob("examples/**/modeloptimization*.yaml"),
+    ]:
         assert load_manifest(path).metadata.name
 
 
@@ -35,14 +38,24 @@ def test_defaults_fill_an_almost_empty_spec() -> None:
 @pytest.mark.parametrize(
     ("patch", "field", "text"),
     [
-        ({"model": {"architecture": "resnet18", "entryPoint": "a.b:c"}}, "spec.model",
-         "exactly one of architecture and entryPoint"),
+        (
+            {"model": {"architecture": "resnet18", "entryPoint": "a.b:c"}},
+            "spec.model",
+            "exactly one of architecture and entryPoint",
+        ),
         ({"model": {"entryPoint": "not an entry point"}}, "spec.model", "package.module:function"),
-        ({"dataset": {"name": "digits", "uri": "/data"}}, "spec.dataset", "exactly one of name and uri"),
+        (
+            {"dataset": {"name": "digits", "uri": "/data"}},
+            "spec.dataset",
+            "exactly one of name and uri",
+        ),
         ({"pruning": {"target": {}}}, "spec.pruning.target", "exactly one of filterRate"),
         ({"pruning": {"criterion": "l3"}}, "spec.pruning.criterion", "expected one of"),
-        ({"quantization": {"maxAccuracyDrop": 2}}, "spec.quantization.maxAccuracyDrop",
-         "less than or equal to 1"),
+        (
+            {"quantization": {"maxAccuracyDrop": 2}},
+            "spec.quantization.maxAccuracyDrop",
+            "less than or equal to 1",
+        ),
         ({"benchmark": {"batchSizes": []}}, "spec.benchmark.batchSizes", "at least 1"),
     ],
 )
@@ -58,7 +71,7 @@ def test_invalid_specs_name_the_field(patch: dict[str, object], field: str, text
 def test_manifest_header_is_checked(tmp_path: Path) -> None:
     doc = manifest()
     doc["apiVersion"] = "kubeslim.dev/v2"
-    with pytest.raises(SpecError, match="apiVersion: expected 'kubeslim.dev/v1alpha1'"):
+    with pytest.raises(SpecError, match=r"apiVersion: expected 'kubeslim\.dev/v1alpha1'"):
         parse_manifest(doc)
     bad = tmp_path / "bad.yaml"
     bad.write_text("spec: [unclosed")

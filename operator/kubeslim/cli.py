@@ -97,9 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kubeslim.executors.local import run_pipeline
 
-    return run_pipeline(
-        args.manifest, artifacts=args.artifacts, force=args.force, quiet=args.quiet
-    )
+    return run_pipeline(args.manifest, artifacts=args.artifacts, force=args.force, quiet=args.quiet)
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:

@@ -28,9 +28,20 @@ def describe_validation_error(err: ValidationError, root: str = "spec") -> SpecE
     parts = [str(p) for p in first["loc"]]
     field = ".".join([root, *parts] if root else parts) or root
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] in ("less_than", "greater_than", "less_than_equal", "greater_than_equal",
-                         "int_parsing", "float_parsing", "missing", "literal_error",
-                         "extra_forbidden", "string_type", "list_type", "dict_type"):
+    if first["type"] in (
+        "less_than",
+        "greater_than",
+        "less_than_equal",
+        "greater_than_equal",
+        "int_parsing",
+        "float_parsing",
+        "missing",
+        "literal_error",
+        "extra_forbidden",
+        "string_type",
+        "list_type",
+        "dict_type",
+    ):
         message = f"{message[0].lower()}{message[1:]}"
         if first["type"] not in ("missing", "extra_forbidden"):
             message += f", got {first['input']!r}"

@@ -492,11 +492,15 @@ class ExecutionSpec(ApiModel):
         default=2, ge=0, le=20, description="backoffLimit: retries of a failed stage Pod."
     )
     active_deadline_seconds: int = Field(
-        default=6 * 3600, ge=60, le=7 * 24 * 3600,
+        default=6 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
         description="activeDeadlineSeconds bounds one stage's run time.",
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=24 * 3600, ge=0, le=30 * 24 * 3600,
+        default=24 * 3600,
+        ge=0,
+        le=30 * 24 * 3600,
         description="ttlSecondsAfterFinished deletes a finished Job after this long.",
     )
     prune_resources: Resources = Field(

@@ -171,7 +171,7 @@ def _mnist() -> Splits:
     with gzip.open(path, "rb") as fh:
         # The file is the classic deeplearning.net pickle of numpy arrays; it is a
         # data file shipped inside an installed package, not user input.
-        train, _valid, test = pickle.load(fh, encoding="latin1")  # noqa: S301
+        train, _valid, test = pickle.load(fh, encoding="latin1")
 
     def to_ds(pair: tuple[np.ndarray, np.ndarray]) -> ImageTensorDataset:
         x = torch.from_numpy((pair[0] * 255.0).round().astype(np.uint8)).view(-1, 1, 28, 28)
@@ -192,7 +192,7 @@ def _digits(spec: DatasetSpec) -> Splits:
 def _split(ds: ImageTensorDataset, spec: DatasetSpec, num_classes: int) -> Splits:
     gen = torch.Generator().manual_seed(spec.seed)
     perm = torch.randperm(len(ds), generator=gen)
-    n_val = max(1, int(round(len(ds) * spec.validation_fraction)))
+    n_val = max(1, round(len(ds) * spec.validation_fraction))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     train = ImageTensorDataset(ds.images[train_idx], ds.labels[train_idx])
     val = ImageTensorDataset(ds.images[val_idx], ds.labels[val_idx])

@@ -29,7 +29,7 @@ class FolderDataset(Dataset[tuple[torch.Tensor, int]]):
 
         path, label = self.items[i]
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((self.size[1], self.size[0]), Image.BILINEAR)
+            rgb = img.convert("RGB").resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
         return torch.from_numpy(arr), label
 
@@ -48,10 +48,10 @@ def load_image_folder(uri: str, spec: DatasetSpec, size: tuple[int, int]):  # ty
     items = _items(root, classes)
     gen = torch.Generator().manual_seed(spec.seed)
     perm = torch.randperm(len(items), generator=gen).tolist()
-    n_val = max(1, int(round(len(items) * spec.validation_fraction))) if items else 0
-    val = [items[i] for i in perm[:n_val]]
-    train = [items[i] for i in perm[n_val:]]
-    return Splits(FolderDataset(train, size), FolderDataset(val, size), len(classes))
+    n_val = max(1, round(len(items) * spec.validation_fraction)) if items else 0
+    val_items = [items[i] for i in perm[:n_val]]
+    train_items = [items[i] for i in perm[n_val:]]
+    return Splits(FolderDataset(train_items, size), FolderDataset(val_items, size), len(classes))
 
 
 def _local_root(uri: str) -> Path:

@@ -55,8 +55,12 @@ def run_pipeline(
     )
     tasks = {
         s: progress.add_task(
-            "", stage=s, state="pending" if stage_enabled(spec, s) else "skipped",
-            detail="", total=None, start=False,
+            "",
+            stage=s,
+            state="pending" if stage_enabled(spec, s) else "skipped",
+            detail="",
+            total=None,
+            start=False,
         )
         for s in STAGES
     }
@@ -91,9 +95,19 @@ def _run_child(
 ) -> StageRun:
     with tempfile.NamedTemporaryFile(prefix=f"kubeslim-{stage}-", suffix=".json") as result_file:
         cmd = [
-            sys.executable, "-m", "kubeslim", "stage", stage,
-            "--manifest", manifest, "--artifacts", artifacts,
-            "--progress", "log", "--result-file", result_file.name,
+            sys.executable,
+            "-m",
+            "kubeslim",
+            "stage",
+            stage,
+            "--manifest",
+            manifest,
+            "--artifacts",
+            artifacts,
+            "--progress",
+            "log",
+            "--result-file",
+            result_file.name,
         ]
         if force:
             cmd.append("--force")
@@ -104,7 +118,7 @@ def _run_child(
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(RESULT_MARKER):
-                    result = json.loads(line[len(RESULT_MARKER):])
+                    result = json.loads(line[len(RESULT_MARKER) :])
                 elif (state := parse_progress(line)) is not None:
                     _show(progress, task, state)
             code = proc.wait()
@@ -148,7 +162,9 @@ def _print_summary(store: Any, benchmarked: bool, console: Console) -> None:
 def print_table(result: StageResult, console: Console) -> None:
     """The before -> after table of the benchmark stage."""
     m = result.metrics
-    table = Table(title=f"kubeslim: before -> after (OpenVINO CPU, float precision {m['precision']})")
+    table = Table(
+        title=f"kubeslim: before -> after (OpenVINO CPU, float precision {m['precision']})"
+    )
     for col in ("model", "accuracy", "latency p50", "throughput", "size", "GFLOPs", "params"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in result.details.get("models", []):
@@ -172,4 +188,3 @@ def print_table(result: StageResult, console: Console) -> None:
 
 def _fmt(value: Any, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
-

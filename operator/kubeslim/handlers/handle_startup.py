@@ -22,6 +22,10 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
+    # Watch streams that end on the server's side now and then, so a silently dead
+    # connection cannot stall the operator.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
     # Serve only what exists at startup: no list/watch of CRDs and namespaces needed.
     settings.scanning.disabled = True
     # Our own Events say what happened; kopf's per-handler log lines stay in the log.

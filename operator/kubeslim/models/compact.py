@@ -46,7 +46,9 @@ class DepthwiseConcat(nn.Module):
         half = cout // 2
         self.depthwise = _conv_bn(cin, cin, groups=cin)
         self.pointwise = nn.Sequential(nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half))
-        self.side = nn.Sequential(nn.Conv2d(cin, cout - half, 1, bias=False), nn.BatchNorm2d(cout - half))
+        self.side = nn.Sequential(
+            nn.Conv2d(cin, cout - half, 1, bias=False), nn.BatchNorm2d(cout - half)
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,9 @@ def train_epoch(
     return total / max(seen, 1)
 
 
-def _kd_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, t: float = 4.0) -> torch.Tensor:
+def _kd_loss(
+    logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, t: float = 4.0
+) -> torch.Tensor:
     """Hinton's distillation: match the original model's softened outputs."""
     with torch.no_grad():
         target = F.softmax(teacher(x) / t, dim=1)

@@ -51,9 +51,7 @@ def _from_entry_point(entry_point: str, num_classes: int) -> nn.Module:
         raise SpecError("spec.model.entryPoint", f"{module_name} has no callable {func_name!r}")
     model = factory(num_classes=num_classes)
     if not isinstance(model, nn.Module):
-        raise SpecError(
-            "spec.model.entryPoint", f"expected {entry_point} to return an nn.Module"
-        )
+        raise SpecError("spec.model.entryPoint", f"expected {entry_point} to return an nn.Module")
     return model
 
 
@@ -94,12 +92,12 @@ def _adapt_input_channels(model: nn.Module, channels: int) -> None:
 
 
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for name, module in model.named_modules():
+    for _, module in model.named_modules():
         for child_name, child in module.named_children():
             if child is old:
                 setattr(module, child_name, new)
                 return
-    raise AssertionError(f"module not found: {name}")
+    raise AssertionError("module to replace not found")
 
 
 def read_checkpoint(path: Path, field: str = "spec.model.checkpoint") -> dict[str, Any]:
@@ -146,9 +144,7 @@ def load_weights(model: nn.Module, state: dict[str, Any], arch: str) -> None:
             parts.append(f"{len(missing)} missing keys (first {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]})")
-        raise SpecError(
-            "spec.model.checkpoint", f"does not fit {arch}: " + "; ".join(parts)
-        )
+        raise SpecError("spec.model.checkpoint", f"does not fit {arch}: " + "; ".join(parts))
     model.load_state_dict(state)
 
 

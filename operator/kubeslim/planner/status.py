@@ -232,10 +232,11 @@ def with_progress(
     status: ModelOptimizationStatus, stage: str, progress: Progress
 ) -> ModelOptimizationStatus:
     """The status with a running stage's latest progress and the summary that goes with it."""
-    stages = [
-        s.model_copy(update={"progress": progress}) if s.name == stage else s for s in status.stages
-    ]
     text = progress_text(progress)
+    update: dict[str, Any] = {"progress": progress}
+    if text:
+        update["message"] = f"running: {text}"
+    stages = [s.model_copy(update=update) if s.name == stage else s for s in status.stages]
     summary = f"running {stage}" + (f" ({text})" if text else "")
     return status.model_copy(update={"stages": stages, "summary": _cap(summary, 1024)})
 

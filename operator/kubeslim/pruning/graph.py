@@ -26,7 +26,7 @@ class ChannelGroup:
 
     def group(self, graph: tp.DependencyGraph, idxs: list[int]) -> tp.Group:
         """torch-pruning's group for removing these root channels."""
-        return graph.get_pruning_group(self.root, self.handler, idxs)  # type: ignore[arg-type]
+        return graph.get_pruning_group(self.root, self.handler, idxs)
 
 
 @dataclass
@@ -75,9 +75,7 @@ def _dims(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def build_graph(
-    model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]
-) -> PruningGraph:
+def build_graph(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> PruningGraph:
     """Trace the model once; list every group whose root is a conv or linear layer."""
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     names = {m: n for n, m in model.named_modules()}

@@ -79,5 +79,7 @@ def _slices(module: nn.Module, side: str, idxs: list[int]) -> list[Slice]:
         return [(weight.data, 1, index)] if groups == 1 else []
     if side == "out":
         # BatchNorm, LayerNorm, GroupNorm...: a zero scale and shift give zero output.
-        return [(p.data, 0, index) for p in params.values() if p.dim() >= 1 and p.shape[0] > max(idxs)]
+        return [
+            (p.data, 0, index) for p in params.values() if p.dim() >= 1 and p.shape[0] > max(idxs)
+        ]
     return []

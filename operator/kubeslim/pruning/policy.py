@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -68,6 +69,7 @@ def counts_for(
     fraction: float,
 ) -> dict[int, int]:
     """Per-group removal counts reaching `fraction` of the target's measure."""
+
     def at(rate: float) -> dict[int, int]:
         if spec.global_ranking:
             return global_counts(graph, scores, rate, spec.round_to)
@@ -81,13 +83,14 @@ def counts_for(
     return _refine(graph, counts, fraction, spec.round_to)
 
 
-def _search_flops(graph: PruningGraph, at: object, reduction: float) -> dict[int, int]:
-    """The smallest rate whose estimated FLOPs reduction reaches `reduction`."""
+def _search_flops(
+    graph: PruningGraph, counts_at: Callable[[float], dict[int, int]], reduction: float
+) -> dict[int, int]:
+    """Counts at the largest rate just short of `reduction` (or reaching it)."""
     total = graph.total_macs
-    counts_at = at  # a callable rate -> counts
 
     def reduction_at(rate: float) -> float:
-        return 1 - graph.estimate_macs(counts_at(rate)) / total  # type: ignore[operator]
+        return 1 - graph.estimate_macs(counts_at(rate)) / total
 
     if reduction_at(MAX_LAYER_RATE) < reduction:
         raise SpecError(
@@ -105,7 +108,7 @@ def _search_flops(graph: PruningGraph, at: object, reduction: float) -> dict[int
             lo = mid
     # Return the last rate *below* the target: _refine closes the gap in
     # round_to steps instead of overshooting by a whole rounding step everywhere.
-    return counts_at(lo) if reduction_at(lo) < reduction else counts_at(hi)  # type: ignore[operator,no-any-return]
+    return counts_at(lo) if reduction_at(lo) < reduction else counts_at(hi)
 
 
 def _refine(

@@ -124,9 +124,7 @@ class Pruner:
         return copy.deepcopy(model).to(device).eval()
 
     @torch.no_grad()
-    def _mask_step(
-        self, graph: PruningGraph, masks: SoftMasks, fraction: float
-    ) -> dict[int, int]:
+    def _mask_step(self, graph: PruningGraph, masks: SoftMasks, fraction: float) -> dict[int, int]:
         """Mask the least important channels so each group loses its share.
 
         Already-masked channels rank lowest, so masks only grow: the final

@@ -3,169 +3,101 @@ one process, on the same data and the same CPU settings."""
 
 from __future__ import annotations
 
-import gc
-import time
-from collections.abc import Iterable
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openvino as ov
 
-from kubeslim.api.spec import BenchmarkMode, BenchmarkSpec, Precision
 from kubeslim.data.datasets import loader
+from kubeslim.errors import KubeslimError
 from kubeslim.stages.context import StageContext, StageOutput
 
-ACCURACY_BATCH = 64
+PREPARE_BATCH = 256
 
 
 def benchmark(ctx: StageContext) -> StageOutput:
     """Accuracy, latency, throughput, size, FLOPs and params of each model."""
     spec = ctx.spec
     convert = ctx.upstream("convert")
-    candidates: list[tuple[str, str, str]] = [("original", "convert", "baseline_ir")]
-    if spec.pruning.enabled:
-        candidates.append(("pruned", "convert", "ir"))
-    else:
-        candidates.append(("fp16", "convert", "ir"))
+    candidates = [("original", "convert", "baseline_ir")]
+    candidates.append(("pruned" if spec.pruning.enabled else "fp16", "convert", "ir"))
     if spec.quantization.enabled:
-        candidates.append(("pruned-int8" if spec.pruning.enabled else "int8", "quantize", "int8_ir"))
-    core = ov.Core()
-    rows = []
-    for label, stage, output in candidates:
-        ctx.reporter.phase(f"measure-{label}")
-        path = ctx.fetch_output(stage, output)
-        flops_key, params_key = ("baselineFlops", "baselineParams") if label == "original" else (
-            "flops",
-            "params",
-        )
-        row = measure_isolated(core, path, ctx, spec.benchmark)
-        row.update(
-            model=label,
-            flops=convert.metrics.get(flops_key),
-            params=convert.metrics.get(params_key),
-        )
-        rows.append(row)
-    baseline, optimized = rows[0], rows[-1]
-    metrics = summarize(baseline, optimized)
-    return StageOutput(
-        files={"report": _write_report(ctx.scratch, rows, metrics)},
-        metrics=metrics,
-        details={"models": rows},
-    )
-
-
-def measure_isolated(
-    core: ov.Core, path: Path, ctx: StageContext, spec: BenchmarkSpec
-) -> dict[str, Any]:
-    """measure() with Python's cycle collector paused.
-
-    If the collector runs on an OpenVINO worker thread (any thread that holds
-    the GIL can trigger it) and frees a compiled model whose executor owns that
-    thread, the executor joins itself and the process aborts. Collecting only
-    here, on the main thread, between models, rules that out.
-    """
-    gc.collect()
-    gc.disable()
-    try:
-        return measure(core, path, ctx, spec)
-    finally:
-        gc.enable()
-        gc.collect()
-
-
-def measure(core: ov.Core, path: Path, ctx: StageContext, spec: BenchmarkSpec) -> dict[str, Any]:
-    """One model's figures."""
-    config = _config(spec)
-    model = core.read_model(path)
-    model.reshape([-1, *ctx.spec.model.input_shape])
-    thr = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-    batches = (
-        (ctx.preprocess(images).numpy(), labels.numpy())
-        for images, labels in loader(ctx.splits.val, ACCURACY_BATCH)
-    )
-    row: dict[str, Any] = {
-        "accuracy": round(ov_accuracy(thr, batches), 5),
-        "sizeBytes": path.stat().st_size + path.with_suffix(".bin").stat().st_size,
-        "precision": _type_name(thr.get_property("INFERENCE_PRECISION_HINT")),
+        label = "pruned-int8" if spec.pruning.enabled else "int8"
+        candidates.append((label, "quantize", "int8_ir"))
+    models = [
+        {"label": label, "path": str(ctx.fetch_output(stage, output))}
+        for label, stage, output in candidates
+    ]
+    ctx.reporter.phase("prepare-data")
+    x_path, y_path = _validation_arrays(ctx)
+    request = {
+        "models": models,
+        "x": str(x_path),
+        "y": str(y_path),
+        "config": spec.benchmark.model_dump(mode="json", by_alias=True),
     }
-    sample = ctx.example_input().numpy()
-    if BenchmarkMode.latency in spec.modes:
-        lat = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
-        row.update(latency(lat, sample, spec.duration_seconds))
-    if BenchmarkMode.throughput in spec.modes:
-        row["throughput"] = {
-            str(b): throughput(thr, np.repeat(sample, b, axis=0), spec.duration_seconds)
-            for b in spec.batch_sizes
-        }
-        row["throughputFps"] = max(row["throughput"].values())
-    return row
+    rows = _run_measure(ctx, request)
+    for row in rows:
+        original = row["model"] == "original"
+        row["flops"] = convert.metrics.get("baselineFlops" if original else "flops")
+        row["params"] = convert.metrics.get("baselineParams" if original else "params")
+    metrics = summarize(rows[0], rows[-1])
+    report = ctx.scratch / "benchmark.json"
+    report.write_text(json.dumps({"models": rows, "summary": metrics}, indent=2))
+    return StageOutput(files={"report": report}, metrics=metrics, details={"models": rows})
 
 
-def _config(spec: BenchmarkSpec) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    if spec.precision is Precision.f32:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    if spec.threads:
-        config["INFERENCE_NUM_THREADS"] = spec.threads
-    return config
+def _validation_arrays(ctx: StageContext) -> tuple[Path, Path]:
+    """The preprocessed validation split as .npy files (memory-mapped, so a large
+    split never sits in memory twice)."""
+    val = ctx.splits.val
+    n = len(val)  # type: ignore[arg-type]
+    x_path, y_path = ctx.scratch / "val_x.npy", ctx.scratch / "val_y.npy"
+    x = np.lib.format.open_memmap(
+        x_path, mode="w+", dtype=np.float32, shape=(n, *ctx.spec.model.input_shape)
+    )
+    y = np.empty(n, dtype=np.int64)
+    i = 0
+    for images, labels in loader(val, PREPARE_BATCH):
+        x[i : i + len(labels)] = ctx.preprocess(images).numpy()
+        y[i : i + len(labels)] = labels.numpy()
+        i += len(labels)
+    x.flush()
+    np.save(y_path, y)
+    return x_path, y_path
 
 
-def ov_accuracy(compiled: ov.CompiledModel, items: Iterable[Any]) -> float:
-    """Top-1 accuracy over (images, labels) batches."""
-    correct, seen = 0, 0
-    for images, labels in items:
-        logits = compiled(images)[0]
-        correct += int((np.asarray(logits).argmax(axis=1) == np.asarray(labels)).sum())
-        seen += int(np.asarray(labels).size)
-    return correct / max(seen, 1)
-
-
-def latency(compiled: ov.CompiledModel, sample: np.ndarray, duration: float) -> dict[str, float]:
-    """Synchronous requests at batch 1 for `duration` seconds: p50 and p90 in ms."""
-    request = compiled.create_infer_request()
-    for _ in range(5):  # warm-up: first runs allocate and tune
-        request.infer({0: sample})
-    times = []
-    end = time.perf_counter() + duration
-    while time.perf_counter() < end or len(times) < 10:
-        t0 = time.perf_counter()
-        request.infer({0: sample})
-        times.append((time.perf_counter() - t0) * 1000)
-    return {
-        "latencyMsP50": round(float(np.percentile(times, 50)), 4),
-        "latencyMsP90": round(float(np.percentile(times, 90)), 4),
-    }
-
-
-def throughput(compiled: ov.CompiledModel, batch: np.ndarray, duration: float) -> float:
-    """Images per second with as many parallel requests as OpenVINO suggests.
-
-    Requests are started and awaited round-robin from this thread: no Python
-    callback ever runs on OpenVINO's worker threads (see measure_isolated).
-    """
-    n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    requests = [compiled.create_infer_request() for _ in range(max(1, n))]
-    for r in requests:  # warm-up
-        r.infer({0: batch})
-    done = 0
-    start = time.perf_counter()
-    for r in requests:
-        r.start_async({0: batch})
-    while time.perf_counter() - start < duration:
-        for r in requests:
-            r.wait()
-            done += 1
-            r.start_async({0: batch})
-    for r in requests:
-        r.wait()
-        done += 1
-    return round(done * batch.shape[0] / (time.perf_counter() - start), 2)
+def _run_measure(ctx: StageContext, request: dict[str, Any]) -> list[dict[str, Any]]:
+    req, out = ctx.scratch / "measure-request.json", ctx.scratch / "measure-result.json"
+    req.write_text(json.dumps(request))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubeslim.stages.measure", str(req), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # pass progress lines through
+        print(line, end="", flush=True)
+    if proc.wait() != 0:
+        raise KubeslimError(f"the measurement process failed with exit code {proc.returncode}")
+    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    return rows
 
 
 def summarize(baseline: dict[str, Any], optimized: dict[str, Any]) -> dict[str, Any]:
     """The status metrics: both models and the ratios between them."""
-    keys = ("accuracy", "latencyMsP50", "latencyMsP90", "throughputFps", "sizeBytes", "flops", "params")
+    keys = (
+        "accuracy",
+        "latencyMsP50",
+        "latencyMsP90",
+        "throughputFps",
+        "sizeBytes",
+        "flops",
+        "params",
+    )
 
     def pick(row: dict[str, Any]) -> dict[str, Any]:
         return {k: row[k] for k in keys if row.get(k) is not None}
@@ -182,16 +114,3 @@ def summarize(baseline: dict[str, Any], optimized: dict[str, Any]) -> dict[str, 
         "accuracyDrop": round((baseline["accuracy"] - optimized["accuracy"]) * 100, 3),
         "precision": baseline["precision"],
     }
-
-
-def _write_report(scratch: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> Path:
-    import json
-
-    path = scratch / "benchmark.json"
-    path.write_text(json.dumps({"models": rows, "summary": metrics}, indent=2))
-    return path
-
-
-def _type_name(value: Any) -> str:
-    """'bf16' or 'f32' rather than the repr of an ov.Type."""
-    return str(value.get_type_name()) if hasattr(value, "get_type_name") else str(value)

@@ -44,7 +44,9 @@ class StageContext:
         """The committed result of an earlier stage."""
         key = f"{stage}/result.json"
         if not self.store.exists(key):
-            raise KubeslimError(f"stage {stage!r} has no result at {self.store.uri(key)}: run it first")
+            raise KubeslimError(
+                f"stage {stage!r} has no result at {self.store.uri(key)}: run it first"
+            )
         return StageResult.model_validate(self.store.read_json(key))
 
     def fetch_output(self, stage: str, name: str) -> Path:

@@ -13,8 +13,8 @@ from torch.utils.data import Subset
 
 from kubeslim.api.spec import Preset
 from kubeslim.data.datasets import loader
-from kubeslim.stages.benchmark import ov_accuracy
 from kubeslim.stages.context import StageContext, StageOutput
+from kubeslim.stages.measure import ov_accuracy
 
 CALIBRATION_BATCH = 1  # NNCF's subset_size counts samples only at batch 1
 
@@ -25,7 +25,8 @@ def quantize(ctx: StageContext) -> StageOutput:
     model = ov.Core().read_model(ctx.fetch_output("convert", "ir"))
     calibration = nncf.Dataset(_calibration_images(ctx), lambda x: x)
     preset = (
-        nncf.QuantizationPreset.MIXED if q.preset is Preset.mixed
+        nncf.QuantizationPreset.MIXED
+        if q.preset is Preset.mixed
         else nncf.QuantizationPreset.PERFORMANCE
     )
     scope = nncf.IgnoredScope(
