@@ -390,6 +390,8 @@ def test_progress_is_kept_across_plans_and_shown_in_the_summary() -> None:
     result = world.step()
     assert result.status.stages[0].progress == progress
     assert cond(result.status, ConditionType.pruned) == ("False", Reason.running)
+    pruned = find_condition(result.status.conditions, ConditionType.pruned)
+    assert pruned and pruned.message == "running: fine-tune, epoch 3/10, step 4/50, loss 0.4123"
     assert result.status.summary.startswith("running prune (fine-tune, epoch 3/10")
 
 
