@@ -310,6 +310,9 @@ class Rig:
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
                 "--authorization-mode=Node,RBAC",
+                # As on hardened clusters: blockOwnerDeletion needs update on the owner's
+                # finalizers, so the chart's RBAC test can show that rule is needed.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki.service_account.cert}",
                 f"--service-account-signing-key-file={pki.service_account.key}",
