@@ -1,0 +1,187 @@
+"""Peer comparison: NNCF 2.19's legacy filter pruning against kubeslim.
+
+Same model (the compact CNN), same baseline checkpoint, same data (Fashion-MNIST
+as kubeslim loads it), same FLOPs target, same fine-tuning budget (epochs, SGD
+settings, LR decay, batch size) as the kubeslim runs of
+benchmarks/quality_fashion_mnist.py. Two phases, two environments:
+
+1. `train` runs in NNCF 2.19's own venv (benchmarks/nncf_legacy_env.sh):
+   create_compressed_model with filter_pruning (geometric_median, exponential
+   schedule, FLOPs target), fine-tunes, strips (zeroed filters), saves the
+   weights and NNCF's own FLOPs figures.
+2. `compare` runs in the project's .venv: removes the zeroed filters physically
+   with the same code kubeslim uses (torch-pruning groups; NNCF itself removes
+   them only through private APIs), converts to an FP16 IR, quantizes to INT8
+   exactly as kubeslim's quantize stage does (300 training images), measures
+   OpenVINO accuracy on the test split, and times the NNCF and kubeslim INT8 IRs
+   and the original FP32 IR interleaved in one process. kubeslim's extra seeds
+   are run here with `kubeslim run`.
+
+    /work/nncf219-venv/bin/python -m benchmarks.nncf_legacy train --seed 0
+    .venv/bin/python -m benchmarks.nncf_legacy compare --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NNCF_TORCH_LEGACY_TRACING", "1")
+
+import torch
+import torch.nn.functional as F
+
+from kubeslim.api.spec import DatasetSpec, FineTune, ModelSpec
+from kubeslim.data.datasets import Preprocess, load_splits, loader
+from kubeslim.models.training import evaluate, make_optimizer
+from kubeslim.models.zoo import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".kubeslim" / "bench"
+MODEL = "compact"
+BUDGET = "cpu"
+TARGET = 0.7
+# The kubeslim configurations compared at the same target (quality_fashion_mnist.CONFIGS).
+KUBESLIM_CONFIGS = ("uniform-70", "global-kd-70")
+
+
+def model_spec(checkpoint: Path) -> ModelSpec:
+    return ModelSpec.model_validate(
+        {
+            "entryPoint": "kubeslim.models.compact:compact_resnet",
+            "numClasses": 10,
+            "inputShape": [1, 28, 28],
+            "checkpoint": str(checkpoint),
+        }
+    )
+
+
+def dataset_spec(seed: int) -> DatasetSpec:
+    return DatasetSpec.model_validate(
+        {"name": "fashion-mnist", "mean": [0.286], "std": [0.353], "seed": seed}
+    )
+
+
+def budget() -> dict[str, Any]:
+    from benchmarks.quality_fashion_mnist import BUDGETS
+
+    return BUDGETS[BUDGET][MODEL]
+
+
+def nncf_config(epochs: int) -> dict[str, Any]:
+    """Filter pruning at the FLOPs target, reached over the fine-tuning epochs.
+
+    kubeslim's exponential schedule over 3 steps keeps 1-(1-0.7)^(k/3) of the
+    FLOPs after step k (33%, 55%, 70%); NNCF's exponential schedule from
+    pruning_init over pruning_steps epochs is set to the same start and end.
+    The first conv and downsampling convs are pruned too, as kubeslim does.
+    """
+    return {
+        "input_info": {"sample_size": [1, 1, 28, 28]},
+        "compression": {
+            "algorithm": "filter_pruning",
+            "pruning_init": round(1 - (1 - TARGET) ** (1 / 3), 4),
+            "params": {
+                "schedule": "exponential",
+                "pruning_flops_target": TARGET,
+                "num_init_steps": 0,
+                "pruning_steps": epochs,  # NNCF reaches the target at epoch pruning_steps - 1
+                "filter_importance": "geometric_median",
+                "prune_first_conv": True,
+                "prune_downsample_convs": True,
+            },
+            "ignored_scopes": [],
+        },
+    }
+
+
+def train(seed: int) -> dict[str, Any]:
+    """Phase 1, in the NNCF 2.19 venv."""
+    import nncf
+    from nncf import NNCFConfig
+    from nncf.torch import create_compressed_model
+
+    b = budget()
+    work = WORK / BUDGET / MODEL
+    torch.manual_seed(seed)
+    data = dataset_spec(seed)
+    mspec = model_spec(work / "baseline.pt")
+    model = load_model(mspec)
+    splits = load_splits(data, size=(28, 28))
+    pre = Preprocess(data, mspec)
+    train_batches = loader(splits.train, 128, shuffle=True, seed=seed)
+    val = loader(splits.val, 256)
+    acc_before = evaluate(model, val, pre, torch.device("cpu"))
+    started = time.monotonic()
+    config = NNCFConfig.from_dict(nncf_config(b["fineTune"]))
+    ctrl, model = create_compressed_model(model, config)
+    ft = FineTune(epochs=b["fineTune"], learning_rate=0.02, step_size=b["stepSize"])
+    opt, sched = make_optimizer(model, ft)
+    levels = []
+    for _epoch in range(ft.epochs):
+        ctrl.scheduler.epoch_step()
+        levels.append(round(float(ctrl.compression_rate), 4))
+        model.train()
+        for step, (images, labels) in enumerate(train_batches):
+            if b.get("maxSteps") and step >= b["maxSteps"]:
+                break  # kubeslim's maxStepsPerEpoch
+            ctrl.scheduler.step()
+            loss = F.cross_entropy(model(pre(images)), labels) + ctrl.loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    flops_reduction = float(1 - ctrl.current_flops / ctrl.full_flops)
+    model = ctrl.strip_model(model)
+    wall = time.monotonic() - started
+    acc_after = evaluate(model, val, pre, torch.device("cpu"))
+    clean_keys = set(load_model(model_spec(work / "baseline.pt")).state_dict())
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in clean_keys}
+    missing = sorted(clean_keys - set(state))
+    if missing:
+        raise RuntimeError(f"stripped NNCF model lacks {missing[:3]}")
+    out = WORK / "nncf219" / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out / "stripped.pt")
+    report = {
+        "seed": seed,
+        "nncf": nncf.__version__,
+        "torch": torch.__version__,
+        "config": nncf_config(b["fineTune"]),
+        "fineTune": ft.model_dump(mode="json"),
+        "accuracyBeforeTorch": round(acc_before, 5),
+        "accuracyAfterTorch": round(acc_after, 5),
+        "nncfFlopsReduction": round(flops_reduction, 4),
+        "levelPerEpoch": levels,
+        "pruneAndFineTuneSeconds": round(wall, 1),
+    }
+    (out / "train.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="phase", required=True)
+    t = sub.add_parser("train", help="NNCF 2.19 pruning + fine-tuning (NNCF venv)")
+    t.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("compare", help="removal, IR, INT8, accuracy, timing (project venv)")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0])
+    c.add_argument("--seconds", type=float, default=1.0)
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--output", default="nncf_legacy")
+    args = parser.parse_args()
+    if args.phase == "train":
+        print(json.dumps(train(args.seed), indent=2))
+        return 0
+    from benchmarks.nncf_compare import compare
+
+    return compare(args.seeds, args.seconds, args.rounds, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

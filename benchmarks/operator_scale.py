@@ -1,0 +1,188 @@
+"""The operator at scale: apply-to-first-Job time and memory with N ModelOptimizations.
+
+Starts the test control plane exactly as the `k8s_cluster` fixture does
+(tests/cluster/rig.py: etcd, kube-apiserver, kube-controller-manager, fake
+kubelet), then stops the fake kubelet so the stage Jobs' Pods stay Pending:
+what is measured is the operator alone, not N stage processes fighting for two
+cores. The operator (`python -m kubeslim operator`, admin kubeconfig,
+KUBESLIM_MAX_CONCURRENT=0 so no resource waits for a slot) runs as a
+subprocess; a watch on Jobs records when each resource's first Job arrives.
+
+1. one resource alone: apply -> first Job;
+2. N resources applied back to back: apply -> first Job per resource
+   (p50/p90/max), and the operator's resident memory (peak VmHWM and the
+   RSS once every resource has its Job).
+
+    .venv/bin/python -m benchmarks.operator_scale [--count 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import header, save
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD_FILE = ROOT / "crds" / "modeloptimizations.kubeslim.dev.yaml"
+GROUP, VERSION, PLURAL = "kubeslim.dev", "v1alpha1", "modeloptimizations"
+LABEL = "kubeslim.dev/modeloptimization"
+NAMESPACE = "bench"
+SPEC: dict[str, Any] = {
+    "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+    "dataset": {"name": "digits"},
+    "artifacts": {"uri": "/tmp/kubeslim-operator-scale"},
+}
+
+
+def proc_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class JobWatch:
+    """Local arrival time of each resource's first Job (a watch, not polling)."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+        self.first: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop:
+            w = watch.Watch()
+            for event in w.stream(self.batch.list_namespaced_job, NAMESPACE, timeout_seconds=5):
+                owner = (event["object"].metadata.labels or {}).get(LABEL)
+                if owner:
+                    with self.cond:
+                        self.first.setdefault(owner, time.monotonic())
+                        self.cond.notify_all()
+
+    def wait(self, names: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not all(n in self.first for n in names):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def create(custom: Any, name: str) -> float:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelOptimization",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": SPEC,
+    }
+    t = time.monotonic()
+    custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+    return t
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 3)
+
+
+def run(count: int, work: Path) -> dict[str, Any]:
+    from kubernetes import client
+    from tests.cluster.cluster import Cluster
+    from tests.cluster.rig import Rig, binaries_dir
+
+    rig = Rig(binaries_dir(), work)
+    rig.start()
+    try:
+        rig.processes.pop("kubelet").stop()  # Pods stay Pending: the operator alone is measured
+        cluster = Cluster(rig.kubeconfig, work, rig)
+        cluster.apply(CRD_FILE)
+        cluster.wait_crd_established(f"{PLURAL}.{GROUP}")
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        api = cluster.api_client()
+        custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+        operator = cluster.start_process(
+            [sys.executable, "-m", "kubeslim", "operator", "--namespace", NAMESPACE],
+            env={"KUBESLIM_MAX_CONCURRENT": "0", "PYTHONUNBUFFERED": "1"},
+            name="kubeslim-operator",
+        )
+        operator.wait_for_output("watching " + NAMESPACE, timeout=60)
+        time.sleep(2)  # let the initial list settle
+        idle_rss = proc_kib(operator.pid, "VmRSS")
+        jobs = JobWatch(batch)
+        t0 = create(custom, "single")
+        jobs.wait(["single"], 60)
+        single = round(jobs.first["single"] - t0, 3) if "single" in jobs.first else None
+        names = [f"mo-{i:03d}" for i in range(count)]
+        applied: dict[str, float] = {}
+        rss_peak = 0
+        start = time.monotonic()
+        for name in names:
+            applied[name] = create(custom, name)
+            rss_peak = max(rss_peak, proc_kib(operator.pid, "VmRSS"))
+        apply_s = time.monotonic() - start
+        done = jobs.wait(names, 300)
+        all_jobs_s = max(jobs.first.get(n, time.monotonic()) for n in names) - start
+        time.sleep(5)
+        rss_after = proc_kib(operator.pid, "VmRSS")
+        hwm = proc_kib(operator.pid, "VmHWM")
+        jobs.stop()
+        delays = [jobs.first[n] - applied[n] for n in names if n in jobs.first]
+        return {
+            "count": count,
+            "allGotJobs": done,
+            "withJob": len(delays),
+            "singleApplyToFirstJobSeconds": single,
+            "applySeconds": round(apply_s, 2),
+            "lastJobAfterFirstApplySeconds": round(all_jobs_s, 2),
+            "applyToFirstJobSeconds": {
+                "p50": pct(delays, 0.5) if delays else None,
+                "p90": pct(delays, 0.9) if delays else None,
+                "max": round(max(delays), 3) if delays else None,
+                "mean": round(statistics.mean(delays), 3) if delays else None,
+            },
+            "operatorRssMiB": {
+                "idle": round(idle_rss / 1024, 1),
+                "peakDuringApply": round(rss_peak / 1024, 1),
+                "afterAllJobs": round(rss_after / 1024, 1),
+                "highWaterMark": round(hwm / 1024, 1),
+            },
+            "operatorLogTail": operator.tail(1500),
+        }
+    finally:
+        rig.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--output", default="operator_scale")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kubeslim-scale-") as tmp:
+        result = {**header(), "settings": "KUBESLIM_MAX_CONCURRENT=0, kubelet stopped"}
+        result.update(run(args.count, Path(tmp)))
+    save(args.output, result)
+    for k, v in result.items():
+        if k not in ("machine", "operatorLogTail"):
+            print(k, v)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
