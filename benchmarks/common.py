@@ -50,11 +50,20 @@ def machine() -> dict[str, Any]:
 
 def header() -> dict[str, Any]:
     """What every result file starts with: command, date (UTC) and machine."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    argv = ["-m", spec.name, *sys.argv[1:]] if spec is not None else sys.argv
     return {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in [_relative(sys.executable), *argv]),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
     }
+
+
+def _relative(path: str) -> str:
+    """.venv/bin/python rather than the absolute path of this checkout."""
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    return path.removeprefix(root)
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
