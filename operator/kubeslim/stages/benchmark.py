@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kubeslim.api.status import ModelMetrics
 from kubeslim.data.datasets import loader
 from kubeslim.errors import KubeslimError
 from kubeslim.stages.context import StageContext, StageOutput
@@ -89,15 +90,8 @@ def _run_measure(ctx: StageContext, request: dict[str, Any]) -> list[dict[str, A
 
 def summarize(baseline: dict[str, Any], optimized: dict[str, Any]) -> dict[str, Any]:
     """The status metrics: both models and the ratios between them."""
-    keys = (
-        "accuracy",
-        "latencyMsP50",
-        "latencyMsP90",
-        "throughputFps",
-        "sizeBytes",
-        "flops",
-        "params",
-    )
+    # The status model declares which figures a model has: one source for both.
+    keys = [f.alias or name for name, f in ModelMetrics.model_fields.items()]
 
     def pick(row: dict[str, Any]) -> dict[str, Any]:
         return {k: row[k] for k in keys if row.get(k) is not None}
