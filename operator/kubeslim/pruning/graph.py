@@ -9,6 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from kubeslim.errors import SpecError
+
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
@@ -67,6 +69,12 @@ class PruningGraph:
         return total
 
 
+def _is_grouped(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups != module.in_channels
+    )
+
+
 def _dims(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Conv2d):
         return module.out_channels, module.in_channels
@@ -77,11 +85,24 @@ def _dims(module: nn.Module) -> tuple[int, int] | None:
 
 def build_graph(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> PruningGraph:
     """Trace the model once; list every group whose root is a conv or linear layer."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except (RuntimeError, ValueError, ZeroDivisionError, IndexError, KeyError) as err:
+        raise SpecError(
+            "spec.model",
+            "cannot be pruned: torch-pruning could not trace its channel dependencies "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+            "set spec.pruning.enabled: false to convert and quantize it unpruned",
+        ) from None
     names = {m: n for n, m in model.named_modules()}
     groups = []
     all_groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE))
     for i, group in enumerate(all_groups):
+        if any(_is_grouped(item.dep.target.module) for item in group):
+            # Grouped (not depthwise) convolutions need channels removed evenly
+            # per group, which arbitrary filter ranking cannot promise: leave
+            # their channels alone (ResNeXt, RegNet keep their grouped widths).
+            continue
         root_dep = group[0].dep
         channels = len(group[0].idxs)
         items = [

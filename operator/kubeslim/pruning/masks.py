@@ -65,6 +65,9 @@ class SoftMasks:
 
 def _slices(module: nn.Module, side: str, idxs: list[int]) -> list[Slice]:
     index = torch.tensor(idxs, dtype=torch.long)
+    if isinstance(module, nn.Parameter):
+        # A bare per-channel parameter (ConvNeXt's layer scale): zero its slice.
+        return [(module.data, 0, index)] if side == "out" else []
     params = dict(module.named_parameters(recurse=False))
     if isinstance(module, nn.Conv2d | nn.Linear):
         weight = params["weight"]

@@ -61,6 +61,15 @@ def convert(ctx: StageContext) -> StageOutput:
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """TorchScript-based export with a dynamic batch axis."""
+    try:
+        _export(model, example, path)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise KubeslimError(f"ONNX export of the model failed: {first}") from None
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         model.eval(),
         (example,),
@@ -71,7 +80,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         opset_version=OPSET,
         dynamo=False,
     )
-    onnx.checker.check_model(str(path), full_check=True)
 
 
 def check_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> float:
