@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -23,6 +24,10 @@ from typing import Any
 import openvino as ov
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Checkpoints and artifacts of the benchmark runs: outside the checkout, where a
+# `make clean` or a test that resets .kubeslim/ in the shared checkout cannot
+# delete a baseline that took 20 minutes to train.
+WORK = Path(os.environ.get("KUBESLIM_BENCH_DIR", Path.home() / ".cache" / "kubeslim-bench"))
 
 
 def machine() -> dict[str, Any]:

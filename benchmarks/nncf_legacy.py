@@ -36,13 +36,13 @@ os.environ.setdefault("NNCF_TORCH_LEGACY_TRACING", "1")
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import WORK
 from kubeslim.api.spec import DatasetSpec, FineTune, ModelSpec
 from kubeslim.data.datasets import Preprocess, load_splits, loader
 from kubeslim.models.training import evaluate, make_optimizer
 from kubeslim.models.zoo import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / ".kubeslim" / "bench"
 MODEL = "compact"
 BUDGET = "cpu"
 TARGET = 0.7

@@ -26,7 +26,16 @@ from typing import Any
 import openvino as ov
 import yaml
 
-from benchmarks.common import Stopwatch, Variant, add_ratios, header, ir_size, save, time_variants
+from benchmarks.common import (
+    WORK,
+    Stopwatch,
+    Variant,
+    add_ratios,
+    header,
+    ir_size,
+    save,
+    time_variants,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBESLIM = [sys.executable, "-m", "kubeslim"]
@@ -44,7 +53,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "compact": {
             "trainLimit": None,
-            "epochs": 4,
+            "epochs": 3,
             "fineTune": 3,
             "maxSteps": 150,
             "stepSize": 1,
@@ -261,7 +270,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["compact"], choices=list(MODELS))
     parser.add_argument("--budget", default="cpu", choices=list(BUDGETS))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--work", default=str(ROOT / ".kubeslim" / "bench"), help="scratch dir")
+    parser.add_argument("--work", default=str(WORK), help="checkpoints and artifacts")
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", default="quality_fashion_mnist")
