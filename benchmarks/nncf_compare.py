@@ -132,7 +132,7 @@ def kubeslim_run(config: str, seed: int) -> dict[str, Any]:
     }
 
 
-def compare(seeds: list[int], seconds: float, rounds: int, output: str) -> int:
+def compare(seeds: list[int], seconds: float, rounds: int, output: str, configs: list[str]) -> int:
     result: dict[str, Any] = {**header(), "model": MODEL, "target": TARGET, "budget": BUDGET}
     nncf_rows = []
     for seed in seeds:
@@ -141,7 +141,7 @@ def compare(seeds: list[int], seconds: float, rounds: int, output: str) -> int:
             print(f"no NNCF run for seed {seed}: run the train phase first", file=sys.stderr)
             continue
         nncf_rows.append(nncf_int8(seed, out))
-    ks_rows = [kubeslim_run(c, s) for c in KUBESLIM_CONFIGS for s in seeds]
+    ks_rows = [kubeslim_run(c, s) for c in configs for s in seeds]
     result["nncf"] = nncf_rows
     result["kubeslim"] = ks_rows
     variants = [Variant("original-fp32", Path(ks_rows[0]["baselineIr"]), "default")]

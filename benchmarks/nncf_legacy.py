@@ -173,6 +173,7 @@ def main() -> int:
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--seconds", type=float, default=1.0)
     c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--configs", nargs="+", default=list(KUBESLIM_CONFIGS))
     c.add_argument("--output", default="nncf_legacy")
     args = parser.parse_args()
     if args.phase == "train":
@@ -180,7 +181,7 @@ def main() -> int:
         return 0
     from benchmarks.nncf_compare import compare
 
-    return compare(args.seeds, args.seconds, args.rounds, args.output)
+    return compare(args.seeds, args.seconds, args.rounds, args.output, args.configs)
 
 
 if __name__ == "__main__":
