@@ -166,7 +166,7 @@ def test_global_ranking_cuts_unevenly_but_reaches_the_target() -> None:
     _pruned, report, _ = _prune(model, x, {"flopsReduction": 0.5}, globalRanking=True)
     kept = {row["kept"] / row["total"] for row in report.layers}  # type: ignore[attr-defined]
     assert len(kept) > 2  # not one uniform rate
-    assert 1 - report.flops_after / report.flops_before >= 0.45  # type: ignore[attr-defined]
+    assert 1 - report.flops_after / report.flops_before >= 0.49  # type: ignore[attr-defined]
 
 
 def test_schedules_and_epoch_split() -> None:

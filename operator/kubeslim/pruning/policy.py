@@ -77,16 +77,17 @@ def counts_for(
 
     if spec.target.filter_rate is not None:
         return at(fraction)
-    counts = _search_flops(graph, at, fraction)
+    below, reaching = _search_flops(graph, at, fraction)
     if spec.global_ranking:
-        return counts
-    return _refine(graph, counts, fraction, spec.round_to)
+        # A global threshold is already fine-grained: take the first that reaches.
+        return reaching
+    return _refine(graph, below, fraction, spec.round_to)
 
 
 def _search_flops(
     graph: PruningGraph, counts_at: Callable[[float], dict[int, int]], reduction: float
-) -> dict[int, int]:
-    """Counts at the largest rate just short of `reduction` (or reaching it)."""
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Counts at the largest rate short of `reduction` and the smallest reaching it."""
     total = graph.total_macs
 
     def reduction_at(rate: float) -> float:
@@ -106,9 +107,9 @@ def _search_flops(
             hi = mid
         else:
             lo = mid
-    # Return the last rate *below* the target: _refine closes the gap in
+    # The last rate below the target too: _refine closes the gap from there in
     # round_to steps instead of overshooting by a whole rounding step everywhere.
-    return counts_at(lo) if reduction_at(lo) < reduction else counts_at(hi)
+    return counts_at(lo), counts_at(hi)
 
 
 def _refine(
