@@ -47,7 +47,7 @@ MODEL = "compact"
 BUDGET = "cpu"
 TARGET = 0.7
 # The kubeslim configurations compared at the same target (quality_fashion_mnist.CONFIGS).
-KUBESLIM_CONFIGS = ("uniform-70", "global-kd-70")
+KUBESLIM_CONFIGS = ("uniform-r50", "uniform-70", "global-kd-70")
 
 
 def model_spec(checkpoint: Path) -> ModelSpec:

@@ -93,6 +93,8 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "int8-only": None,
     "uniform-70": {"target": {"flopsReduction": 0.7}, "globalRanking": False, "distillation": 0.0},
+    # NNCF 2.19's widths (half of every layer): the equal-cut peer comparison.
+    "uniform-r50": {"target": {"filterRate": 0.5}, "globalRanking": False, "distillation": 0.0},
     "global-kd-50": {"target": {"flopsReduction": 0.5}, "globalRanking": True, "distillation": 0.5},
     "global-kd-70": {"target": {"flopsReduction": 0.7}, "globalRanking": True, "distillation": 0.5},
 }
