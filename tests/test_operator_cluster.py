@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cluster.rig import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -68,7 +69,7 @@ SPEC: dict[str, Any] = {
 
 def standin_stage(argv: list[str]) -> int:
     """`<this file> stage NAME --spec-json J --artifacts DIR --result-file F --progress log`."""
-    from kubeslim.stages.result import StageResult
+    from tests.cluster.standin import commit_result
 
     stage = argv[1]
     opts = dict(zip(argv[2::2], argv[3::2], strict=False))
@@ -96,28 +97,10 @@ def standin_stage(argv: list[str]) -> int:
             "baseline": {"accuracy": 0.9, "throughputFps": 100.0, "sizeBytes": 4000},
             "optimized": {"accuracy": 0.89, "throughputFps": 300.0, "sizeBytes": 1000},
         }
-    out = artifacts / stage
-    out.mkdir(parents=True, exist_ok=True)
-    result = StageResult(
-        stage=stage,
-        fingerprint="standin",
-        outputs={k: str(out / v) for k, v in outputs.items()},
-        metrics=metrics,
-        duration_seconds=0.1,
-        result_uri=str(out / "result.json"),
-    )
-    (out / "result.json").write_text(result.model_dump_json())
-    Path(opts["--result-file"]).write_text(result.compact())
-    return 0
+    return commit_result(stage, artifacts, opts["--result-file"], outputs, metrics)
 
 
 # --- fixtures -------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Env:
@@ -141,7 +124,10 @@ class Env:
 
     def _standin_wrapper(self) -> Path:
         wrapper = self.work / "kubeslim-standin"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} "$@"\n')
+        # PYTHONPATH: the stand-in imports tests.cluster.standin.
+        wrapper.write_text(
+            f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {Path(__file__).resolve()} "$@"\n'
+        )
         wrapper.chmod(0o755)
         return wrapper
 
@@ -174,7 +160,7 @@ class Env:
         return Path(self.cluster.service_account_kubeconfig(OPERATOR_NS, name))
 
     def start_operator(self, stage_command: str | None = None, max_concurrent: int = 1) -> None:
-        port = _free_port()
+        port = free_port()
         env = {
             "KUBESLIM_STAGE_COMMAND": stage_command or self.stage_command,
             "KUBESLIM_PROGRESS_INTERVAL": "1",

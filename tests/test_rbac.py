@@ -25,7 +25,6 @@ import copy
 import json
 import re
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.rig import free_port
 from tests.tools.chart import CHART, find, helm, one, render
 
 pytestmark = pytest.mark.cluster
@@ -78,7 +78,7 @@ STANDIN: dict[str, Any] = {
 
 def standin_stage(argv: list[str]) -> int:
     """Print a progress line; prune waits for <artifacts>/release; write a StageResult."""
-    from kubeslim.stages.result import StageResult
+    from tests.cluster.standin import commit_result
 
     stage = argv[1]
     opts = dict(zip(argv[2::2], argv[3::2], strict=False))
@@ -99,27 +99,10 @@ def standin_stage(argv: list[str]) -> int:
             "baseline": {"accuracy": 0.9, "throughputFps": 10.0, "sizeBytes": 4000},
             "optimized": {"accuracy": 0.9, "throughputFps": 20.0, "sizeBytes": 1000},
         }
-    out = artifacts / stage
-    out.mkdir(parents=True, exist_ok=True)
-    result = StageResult(
-        stage=stage,
-        fingerprint="standin",
-        outputs={k: str(out / v) for k, v in outputs[stage].items()},
-        metrics=metrics,
-        result_uri=str(out / "result.json"),
-    )
-    (out / "result.json").write_text(result.model_dump_json())
-    Path(opts["--result-file"]).write_text(result.compact())
-    return 0
+    return commit_result(stage, artifacts, opts["--result-file"], outputs[stage], metrics)
 
 
 # ---- the chart on the cluster --------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rules_of(docs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -172,7 +155,7 @@ class Install:
         self.settings: dict[str, str] = dict(one(docs, "ConfigMap")["data"])
 
     def start(self, stage_command: str, priority: int = 0) -> None:
-        port = _free_port()
+        port = free_port()
         env = {
             **self.settings,
             "KUBESLIM_STAGE_COMMAND": stage_command,
@@ -410,7 +393,7 @@ def test_helm_install_runs_the_operator_pod_and_uninstall_keeps_the_crd(
         "--set",
         f"rbac.namespaces={{{namespace}}}",
         "--set",
-        f"operator.healthPort={_free_port()}",
+        f"operator.healthPort={free_port()}",
     )
     assert "kubeslim 0.1.0 is installed as rbac-helm-kubeslim" in installed.stdout
     assert f"kubectl get modeloptimizations -n {namespace} -w" in installed.stdout
