@@ -61,8 +61,8 @@ def nncf_int8(seed: int, out: Path) -> dict[str, Any]:
     model.load_state_dict(torch.load(out / "stripped.pt", weights_only=True))
     splits = load_splits(data, size=(28, 28))
     pre = Preprocess(data, mspec)
-    val = loader(splits.val, 256)
-    example = pre(splits.val[0][0].unsqueeze(0))
+    val = loader(splits.test, 256)
+    example = pre(splits.test[0][0].unsqueeze(0))
     acc_zeroed = evaluate(model, val, pre, torch.device("cpu"))
     channels = remove_zeroed(model.eval(), example)
     acc_removed = evaluate(model, val, pre, torch.device("cpu"))
@@ -83,7 +83,7 @@ def nncf_int8(seed: int, out: Path) -> dict[str, Any]:
     int8_path = out / "pruned_int8.xml"
     ov.save_model(int8, int8_path, compress_to_fp16=False)
     compiled = ov.Core().compile_model(int8_path, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
-    batches = ((pre(x).numpy(), y.numpy()) for x, y in loader(splits.val, 64))
+    batches = ((pre(x).numpy(), y.numpy()) for x, y in loader(splits.test, 64))
     import json
 
     trained = json.loads((out / "train.json").read_text())

@@ -115,7 +115,7 @@ def train(seed: int) -> dict[str, Any]:
     splits = load_splits(data, size=(28, 28))
     pre = Preprocess(data, mspec)
     train_batches = loader(splits.train, 128, shuffle=True, seed=seed)
-    val = loader(splits.val, 256)
+    val = loader(splits.test, 256)
     acc_before = evaluate(model, val, pre, torch.device("cpu"))
     started = time.monotonic()
     config = NNCFConfig.from_dict(nncf_config(b["fineTune"]))

@@ -168,7 +168,8 @@ class DatasetSpec(ApiModel):
     uri: Uri | None = Field(
         default=None,
         description="uri is an ImageFolder tree (one folder per class). With train/ and val/ "
-        "sub-folders those are the splits; otherwise validationFraction splits it.",
+        "sub-folders, val/ is the test split; otherwise validationFraction of it is held out "
+        "as the test split.",
     )
     resize: int | None = Field(
         default=None,
@@ -193,25 +194,33 @@ class DatasetSpec(ApiModel):
         default=0.2,
         gt=0.0,
         lt=1.0,
-        description="validationFraction is held out for validation when the data has no "
-        "split of its own.",
+        description="validationFraction is held out as the test split (used only for "
+        "reported accuracy) when the data has no test split of its own.",
+    )
+    tuning_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=0.5,
+        description="tuningFraction of the training images (after trainLimit) is held out "
+        "as the tuning split: accuracy-controlled quantization and any selection use it, "
+        "fine-tuning never sees it, and the reported accuracy comes from the test split.",
     )
     train_limit: int | None = Field(
         default=None,
-        ge=1,
-        description="trainLimit caps the training samples (a deterministic subset); empty "
-        "uses all.",
+        ge=2,
+        description="trainLimit caps the training images (a seeded subset) before the "
+        "tuning split is held out of them; empty uses all.",
     )
     validation_limit: int | None = Field(
         default=None,
         ge=1,
-        description="validationLimit caps the validation samples; empty uses all.",
+        description="validationLimit caps the test split (a seeded subset); empty uses all.",
     )
     calibration_size: int = Field(
         default=300,
         ge=1,
         le=100000,
-        description="calibrationSize is how many training samples calibrate quantization.",
+        description="calibrationSize is how many training images calibrate quantization.",
     )
     seed: int = Field(default=0, ge=0, description="seed for the splits and subsets.")
 
@@ -409,14 +418,26 @@ class BenchmarkSpec(ApiModel):
         max_length=2,
         description="modes to measure.",
     )
-    batch_sizes: list[int] = Field(
-        default=[1],
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default=[1, 64],
         min_length=1,
         max_length=8,
-        description="batchSizes for the throughput mode (latency always uses 1).",
+        description="batchSizes for the throughput mode, each compiled with a static input "
+        "shape and reported with its own speedup (latency always uses 1).",
     )
     duration_seconds: float = Field(
-        default=3.0, gt=0.0, le=600.0, description="durationSeconds per model and mode."
+        default=1.0,
+        gt=0.0,
+        le=600.0,
+        description="durationSeconds of one measurement (one model, mode and batch size) in "
+        "one round.",
+    )
+    rounds: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="rounds of interleaved measurement: each round measures every model in "
+        "turn; figures are medians over rounds and speedups medians of per-round ratios.",
     )
     precision: Precision = Field(
         default=Precision.default,

@@ -133,13 +133,35 @@ class JobSummary(ApiModel):
 
 
 class ModelMetrics(ApiModel):
-    """Measured figures of one model."""
+    """Measured figures of one model (speed: medians over interleaved rounds)."""
 
-    accuracy: float | None = Field(default=None, description="top-1 accuracy, 0..1.")
+    accuracy: float | None = Field(
+        default=None, description="accuracy: top-1 on the test split, 0..1."
+    )
+    tuning_accuracy: float | None = Field(
+        default=None,
+        description="tuningAccuracy: top-1 on the tuning split (what accuracy control saw).",
+    )
     latency_ms_p50: float | None = Field(default=None, description="latency p50 at batch 1.")
     latency_ms_p90: float | None = Field(default=None, description="latency p90 at batch 1.")
-    throughput_fps: float | None = Field(default=None, description="images per second.")
+    throughput_fps: float | None = Field(
+        default=None, description="throughputFps: images per second at the largest batch size."
+    )
+    throughput: dict[str, float] | None = Field(
+        default=None,
+        max_length=8,
+        description="throughput: images per second by batch size.",
+    )
+    precision: str | None = Field(
+        default=None,
+        max_length=64,
+        description="precision the convolutions ran in (bf16, f32, int8, or int8+bf16 when "
+        "some layers stayed in float).",
+    )
     size_bytes: int | None = Field(default=None, ge=0, description="IR size on disk.")
+    size_bytes_fp16: int | None = Field(
+        default=None, ge=0, description="sizeBytesFp16: IR size with FP16 weights."
+    )
     flops: int | None = Field(default=None, ge=0, description="FLOPs (2 x MACs) per image.")
     params: int | None = Field(default=None, ge=0, description="parameters.")
 
@@ -149,16 +171,40 @@ class Metrics(ApiModel):
 
     baseline: ModelMetrics | None = Field(default=None, description="baseline: the original.")
     optimized: ModelMetrics | None = Field(default=None, description="optimized model.")
-    speedup: float | None = Field(default=None, description="speedup in throughput.")
+    speedup: float | None = Field(
+        default=None, description="speedup in throughput at speedupBatch."
+    )
+    speedup_batch: int | None = Field(
+        default=None, ge=1, description="speedupBatch: the (largest) batch size of speedup."
+    )
+    speedup_by_batch: dict[str, float] | None = Field(
+        default=None,
+        max_length=8,
+        description="speedupByBatch: throughput speedup at each batch size, the median of "
+        "per-round ratios.",
+    )
     latency_speedup: float | None = Field(default=None, description="latencySpeedup at p50.")
     size_reduction: float | None = Field(
-        default=None, description="sizeReduction: baseline size / optimized size."
+        default=None,
+        description="sizeReduction: the original's IR size with FP16 weights / the optimized "
+        "IR's size.",
+    )
+    size_reduction_vs_fp32: float | None = Field(
+        default=None,
+        description="sizeReductionVsFp32: the original's FP32 IR size / the optimized IR's size.",
     )
     accuracy_drop: float | None = Field(
-        default=None, description="accuracyDrop in points (percentage points)."
+        default=None,
+        description="accuracyDrop in points (percentage points) on the test split.",
+    )
+    tuning_accuracy_drop: float | None = Field(
+        default=None, description="tuningAccuracyDrop in points on the tuning split."
     )
     precision: str | None = Field(
         default=None, max_length=64, description="precision OpenVINO used for float layers."
+    )
+    rounds: int | None = Field(
+        default=None, ge=1, description="rounds of interleaved speed measurement."
     )
 
 

@@ -13,6 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kubeslim.api.spec import BuiltinDataset, DatasetSpec, ModelSpec
+from kubeslim.data.splits import Splits, plan_splits
 from kubeslim.errors import SpecError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -40,11 +42,12 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
 
 
 @dataclass
-class Splits:
-    """What every stage needs from the data."""
+class Parts:
+    """A dataset as its reader finds it: the training part and, when the dataset
+    has one, its own test part (kubeslim.data.splits turns these into splits)."""
 
     train: Dataset[tuple[torch.Tensor, int]]
-    val: Dataset[tuple[torch.Tensor, int]]
+    test: Dataset[tuple[torch.Tensor, int]] | None
     num_classes: int
 
 
@@ -85,44 +88,47 @@ def _per_channel(values: list[float], channels: int) -> list[float]:
     return values
 
 
-def load_splits(spec: DatasetSpec, size: tuple[int, int] = (224, 224)) -> Splits:
-    """The train and validation splits the spec describes, limits applied.
+def load_splits(spec: DatasetSpec, size: tuple[int, int] = (224, 224)) -> Splits[Any]:
+    """The train, tuning and test splits the spec describes (kubeslim.data.splits).
 
     size is what image folders decode to (built-in datasets keep their own).
     """
-    if spec.name is not None:
-        splits = _builtin(spec.name, spec)
-    else:
-        splits = _image_folder(str(spec.uri), spec, size)
-    if len(splits.train) == 0 or len(splits.val) == 0:  # type: ignore[arg-type]
+    parts = _builtin(spec.name) if spec.name is not None else _image_folder(str(spec.uri), size)
+    n_train = len(parts.train)  # type: ignore[arg-type]
+    n_test = None if parts.test is None else len(parts.test)  # type: ignore[arg-type]
+    if n_train == 0 or n_test == 0:
         raise SpecError(
-            "spec.dataset", "the dataset is empty: expected images in both train and validation"
+            "spec.dataset", "the dataset is empty: expected images in both train and test"
         )
-    gen = torch.Generator().manual_seed(spec.seed)
-    splits.train = _limit(splits.train, spec.train_limit, gen)
-    splits.val = _limit(splits.val, spec.validation_limit, gen)
-    return splits
+    plan = plan_splits(n_train, n_test, spec)
+    test_part = parts.train if parts.test is None else parts.test
+    return Splits(
+        train=_take(parts.train, plan.train),
+        tuning=_take(parts.train, plan.tuning),
+        test=_take(test_part, plan.test),
+        num_classes=parts.num_classes,
+    )
 
 
-def _limit(
-    ds: Dataset[tuple[torch.Tensor, int]], limit: int | None, gen: torch.Generator
+def _take(
+    ds: Dataset[tuple[torch.Tensor, int]], idx: np.ndarray
 ) -> Dataset[tuple[torch.Tensor, int]]:
-    n = len(ds)  # type: ignore[arg-type]
-    if limit is None or limit >= n:
-        return ds
-    idx = torch.randperm(n, generator=gen)[:limit].tolist()
-    return Subset(ds, idx)
+    """The images at idx: tensors sliced in memory, anything else as a Subset."""
+    if isinstance(ds, ImageTensorDataset):
+        index = torch.from_numpy(idx.astype(np.int64))
+        return ImageTensorDataset(ds.images[index], ds.labels[index])
+    return Subset(ds, idx.tolist())
 
 
-def _builtin(name: BuiltinDataset, spec: DatasetSpec) -> Splits:
+def _builtin(name: BuiltinDataset) -> Parts:
     if name is BuiltinDataset.fashion_mnist:
         return _fashion_mnist()
     if name is BuiltinDataset.mnist:
         return _mnist()
-    return _digits(spec)
+    return _digits()
 
 
-def _fashion_mnist() -> Splits:
+def _fashion_mnist() -> Parts:
     root = Path(os.environ.get("KUBESLIM_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
     files = {
         k: root / f"{k}-ubyte.gz"
@@ -143,10 +149,10 @@ def _fashion_mnist() -> Splits:
     train = ImageTensorDataset(
         _idx_images(files["train-images-idx3"]), _idx_labels(files["train-labels-idx1"])
     )
-    val = ImageTensorDataset(
+    test = ImageTensorDataset(
         _idx_images(files["t10k-images-idx3"]), _idx_labels(files["t10k-labels-idx1"])
     )
-    return Splits(train, val, 10)
+    return Parts(train, test, 10)
 
 
 def _idx_images(path: Path) -> torch.Tensor:
@@ -160,7 +166,7 @@ def _idx_labels(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[8:]), dtype=torch.uint8).long()
 
 
-def _mnist() -> Splits:
+def _mnist() -> Parts:
     found = importlib.util.find_spec("mnist")
     path = Path(found.origin).parent / "data" / "mnist.pkl.gz" if found and found.origin else None
     if path is None or not path.exists():
@@ -177,32 +183,22 @@ def _mnist() -> Splits:
         x = torch.from_numpy((pair[0] * 255.0).round().astype(np.uint8)).view(-1, 1, 28, 28)
         return ImageTensorDataset(x, torch.from_numpy(pair[1].astype(np.int64)))
 
-    return Splits(to_ds(train), to_ds(test), 10)
+    return Parts(to_ds(train), to_ds(test), 10)
 
 
-def _digits(spec: DatasetSpec) -> Splits:
+def _digits() -> Parts:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).view(-1, 1, 8, 8)
     y = torch.from_numpy(d.target.astype(np.int64))
-    return _split(ImageTensorDataset(x, y), spec, 10)
+    return Parts(ImageTensorDataset(x, y), None, 10)
 
 
-def _split(ds: ImageTensorDataset, spec: DatasetSpec, num_classes: int) -> Splits:
-    gen = torch.Generator().manual_seed(spec.seed)
-    perm = torch.randperm(len(ds), generator=gen)
-    n_val = max(1, round(len(ds) * spec.validation_fraction))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    train = ImageTensorDataset(ds.images[train_idx], ds.labels[train_idx])
-    val = ImageTensorDataset(ds.images[val_idx], ds.labels[val_idx])
-    return Splits(train, val, num_classes)
-
-
-def _image_folder(uri: str, spec: DatasetSpec, size: tuple[int, int]) -> Splits:
+def _image_folder(uri: str, size: tuple[int, int]) -> Parts:
     from kubeslim.data.folder import load_image_folder
 
-    return load_image_folder(uri, spec, size)
+    return load_image_folder(uri, size)
 
 
 def loader(

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kubeslim.api.spec import DatasetSpec
 from kubeslim.errors import SpecError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
@@ -34,24 +33,18 @@ class FolderDataset(Dataset[tuple[torch.Tensor, int]]):
         return torch.from_numpy(arr), label
 
 
-def load_image_folder(uri: str, spec: DatasetSpec, size: tuple[int, int]):  # type: ignore[no-untyped-def]
-    """train/ and val/ sub-folders when present, else a seeded split."""
-    from kubeslim.data.datasets import Splits
+def load_image_folder(uri: str, size: tuple[int, int]):  # type: ignore[no-untyped-def]
+    """train/ and val/ sub-folders (val/ is the test part) when present, else one part."""
+    from kubeslim.data.datasets import Parts
 
     root = _local_root(uri)
     if (root / "train").is_dir() and (root / "val").is_dir():
         classes = _classes(root / "train")
         train = FolderDataset(_items(root / "train", classes), size)
-        val = FolderDataset(_items(root / "val", classes), size)
-        return Splits(train, val, len(classes))
+        test = FolderDataset(_items(root / "val", classes), size)
+        return Parts(train, test, len(classes))
     classes = _classes(root)
-    items = _items(root, classes)
-    gen = torch.Generator().manual_seed(spec.seed)
-    perm = torch.randperm(len(items), generator=gen).tolist()
-    n_val = max(1, round(len(items) * spec.validation_fraction)) if items else 0
-    val_items = [items[i] for i in perm[:n_val]]
-    train_items = [items[i] for i in perm[n_val:]]
-    return Splits(FolderDataset(train_items, size), FolderDataset(val_items, size), len(classes))
+    return Parts(FolderDataset(_items(root, classes), size), None, len(classes))
 
 
 def _local_root(uri: str) -> Path:

@@ -156,34 +156,60 @@ def _print_summary(store: Any, benchmarked: bool, console: Console) -> None:
         console.print("done (no benchmark requested)")
         return
     result = StageResult.model_validate(store.read_json("benchmark/result.json"))
-    print_table(result, Console())
+    # Wide enough for every column when stdout is a pipe (rich assumes 80 then).
+    print_table(result, Console(width=None if sys.stdout.isatty() else 130))
 
 
 def print_table(result: StageResult, console: Console) -> None:
     """The before -> after table of the benchmark stage."""
     m = result.metrics
+    rows = result.details.get("models", [])
+    rounds = result.details.get("rounds")
+    batches = sorted({b for row in rows for b in row.get("throughput", {})}, key=int)
+    test_n = rows[0].get("testImages") if rows else None
     table = Table(
-        title=f"kubeslim: before -> after (OpenVINO CPU, float precision {m['precision']})"
+        title=f"kubeslim: before -> after (OpenVINO CPU; speed: median of {rounds} "
+        "interleaved rounds)"
     )
-    for col in ("model", "accuracy", "latency p50", "throughput", "size", "GFLOPs", "params"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for row in result.details.get("models", []):
+    columns = ["model", "precision", "accuracy (test)", "accuracy (tuning)", "latency p50"]
+    columns += [f"img/s @{b}" for b in batches] + ["size", "GFLOPs", "params"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "precision") else "right")
+    for row in rows:
         table.add_row(
             row["model"],
+            row.get("precision", "-"),
             f"{row['accuracy'] * 100:.2f}%",
+            _fmt(row.get("tuningAccuracy") and row["tuningAccuracy"] * 100, "{:.2f}%"),
             _fmt(row.get("latencyMsP50"), "{:.3f} ms"),
-            _fmt(row.get("throughputFps"), "{:,.0f} img/s"),
+            *(_fmt(row.get("throughput", {}).get(b), "{:,.0f}") for b in batches),
             f"{row['sizeBytes'] / 1e6:.2f} MB",
             _fmt(row.get("flops") and row["flops"] / 1e9, "{:.3f}"),
             _fmt(row.get("params") and row["params"] / 1e6, "{:.2f} M"),
         )
     console.print(table)
+    for label, ratios in result.details.get("ratios", {}).items():
+        speed = ", ".join(
+            f"batch {b} {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+            for b, r in ratios.items()
+            if b != "latency" and r
+        )
+        lat = ratios.get("latency")
+        lat_text = f"; latency {lat['median']:.2f}x" if lat else ""
+        console.print(f"{label} vs original: throughput {speed or '-'}{lat_text}")
     console.print(
-        f"speedup {_fmt(m.get('speedup'), '{:.2f}x')} throughput, "
-        f"{_fmt(m.get('latencySpeedup'), '{:.2f}x')} latency; "
-        f"{_fmt(m.get('sizeReduction'), '{:.2f}x')} smaller; "
-        f"accuracy drop {m['accuracyDrop']:.2f} points"
+        f"size {_fmt(m.get('sizeReduction'), '{:.2f}x')} smaller than the original as FP16 IR "
+        f"({_fmt(m.get('sizeReductionVsFp32'), '{:.2f}x')} vs its FP32 IR); accuracy drop "
+        f"{m['accuracyDrop']:.2f} points on the test split ({_fmt(test_n, '{:,}')} images)"
+        + _fmt_tail(m.get("tuningAccuracyDrop"))
     )
+    console.print(
+        f"speed ratios: median (min-max) of per-round ratios; float layers in {m['precision']}"
+    )
+
+
+def _fmt_tail(tuning_drop: Any) -> str:
+    return "" if tuning_drop is None else f", {tuning_drop:.2f} on the tuning split"
 
 
 def _fmt(value: Any, pattern: str) -> str:

@@ -144,24 +144,9 @@ def metrics_from(result: dict[str, Any] | None) -> Metrics | None:
     return derive_metrics(metrics)
 
 
-_METRIC_KEYS = {
-    "baseline",
-    "optimized",
-    "speedup",
-    "latencySpeedup",
-    "sizeReduction",
-    "accuracyDrop",
-    "precision",
-}
-_MODEL_METRIC_KEYS = {
-    "accuracy",
-    "latencyMsP50",
-    "latencyMsP90",
-    "throughputFps",
-    "sizeBytes",
-    "flops",
-    "params",
-}
+# The status models declare which figures exist: one source for both sets.
+_METRIC_KEYS = {f.alias or name for name, f in Metrics.model_fields.items()}
+_MODEL_METRIC_KEYS = {f.alias or name for name, f in ModelMetrics.model_fields.items()}
 
 
 def _only_known_model_metrics(raw: dict[str, Any]) -> dict[str, Any]:

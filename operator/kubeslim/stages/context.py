@@ -74,8 +74,8 @@ class StageContext:
         return Preprocess(self.spec.dataset, self.spec.model)
 
     def example_input(self) -> torch.Tensor:
-        """One preprocessed validation image: traces see real shapes and values."""
-        image, _ = self.splits.val[0]
+        """One preprocessed training image: traces see real shapes and values."""
+        image, _ = self.splits.train[0]
         return self.preprocess(image.unsqueeze(0))
 
 

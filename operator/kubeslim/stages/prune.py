@@ -20,9 +20,10 @@ def prune(ctx: StageContext) -> StageOutput:
     model = load_model(spec.model)
     splits = ctx.splits
     device = pick_device(spec.pruning.device)
-    val = loader(splits.val, EVAL_BATCH)
+    # The test split, for the reported before/after figures only.
+    test = loader(splits.test, EVAL_BATCH)
     ctx.reporter.phase("evaluate-original")
-    acc_before = evaluate(model.to(device), val, ctx.preprocess, device)
+    acc_before = evaluate(model.to(device), test, ctx.preprocess, device)
     train = loader(
         splits.train, spec.pruning.fine_tune.batch_size, shuffle=True, seed=spec.dataset.seed
     )
@@ -31,7 +32,7 @@ def prune(ctx: StageContext) -> StageOutput:
     data = FineTuneData(train=train, preprocess=ctx.preprocess, device=device)
     model, report = pruner.run(model, ctx.example_input(), spec.model.num_classes, data)
     ctx.reporter.phase("evaluate-pruned")
-    acc_after = evaluate(model.to(device), val, ctx.preprocess, device)
+    acc_after = evaluate(model.to(device), test, ctx.preprocess, device)
     ctx.reporter.update(accuracy=round(acc_after, 4))
     path = ctx.scratch / "pruned.pt"
     save_pruned(model.cpu(), report.history, path)

@@ -51,11 +51,11 @@ def train_command(args: argparse.Namespace) -> int:
     for epoch in range(1, args.epochs + 1):
         reporter.phase("train", epoch=epoch, epochs=args.epochs)
         train_epoch(model, train, preprocess, opt, device, reporter, after_step=sched.step)
-    acc = evaluate(model, loader(splits.val, 256), preprocess, device)
+    acc = evaluate(model, loader(splits.test, 256), preprocess, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         torch.save(model.cpu().state_dict(), f)
     Path(f.name).replace(path)
     seconds = time.monotonic() - started
-    print(f"trained {path}: validation accuracy {acc:.4f} in {seconds:.0f}s", file=sys.stderr)
+    print(f"trained {path}: test accuracy {acc:.4f} in {seconds:.0f}s", file=sys.stderr)
     return 0
