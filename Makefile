@@ -27,6 +27,8 @@ install: $(STAMP)
 
 # Debian packages: Fashion-MNIST for the quickstart, Ceph for the S3 tests.
 APT_PACKAGES := dataset-fashion-mnist radosgw ceph-mon ceph-osd ceph-common
+# Chromium: the search report is tested in a real headless browser (tests/test_report.py).
+APT_PACKAGES += chromium
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from kubeslim.errors import KubeslimError
 
-STAGE_NAMES = ("prune", "convert", "quantize", "benchmark")
+STAGE_NAMES = ("prune", "convert", "quantize", "benchmark", "select")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +60,17 @@ def _parser() -> argparse.ArgumentParser:
         help="bar: progress bars; log: one KUBESLIM_PROGRESS JSON line per update",
     )
     stage.add_argument("--force", action="store_true", help="ignore a cached result")
+    stage.add_argument(
+        "--candidate", help="run this search candidate's stage (e.g. t5000, a target of 0.5)"
+    )
     stage.set_defaults(func=_cmd_stage)
+
+    report = sub.add_parser("report", help="write (or open) the HTML report of a search")
+    report.add_argument("manifest", help="the ModelOptimization manifest that ran")
+    report.add_argument("--artifacts", help="artifacts URI, overriding spec.artifacts.uri")
+    report.add_argument("--output", default="kubeslim-report.html", help="where to write it")
+    report.add_argument("--open", action="store_true", help="open it in a web browser")
+    report.set_defaults(func=_cmd_report)
 
     train = sub.add_parser(
         "train", help="train the spec's model from scratch on its dataset (baselines, demos)"
@@ -111,7 +121,14 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         result_file=args.result_file,
         progress=args.progress,
         force=args.force,
+        candidate=args.candidate,
     )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kubeslim.executors.search import report_command
+
+    return report_command(args.manifest, args.artifacts, args.output, args.open)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

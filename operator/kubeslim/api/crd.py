@@ -83,6 +83,12 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "AccDrop", "type": "string", "jsonPath": ".status.accuracyDrop",
      "description": "Accuracy lost, in percentage points."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Chosen", "type": "string", "jsonPath": ".status.search.chosen",
+     "description": "The search's chosen candidate."},
+    {"name": "ChosenSpeedup", "type": "string", "jsonPath": ".status.search.chosenSpeedup",
+     "description": "Speedup of the chosen candidate over the original."},
+    {"name": "ChosenDrop", "type": "string", "jsonPath": ".status.search.chosenDrop",
+     "description": "Accuracy drop of the chosen candidate after INT8, in points."},
     {"name": "Summary", "type": "string", "jsonPath": ".status.summary", "priority": 1,
      "description": "One line on where the pipeline stands."},
 ]  # fmt: skip

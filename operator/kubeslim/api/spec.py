@@ -533,6 +533,111 @@ class ExecutionSpec(ApiModel):
     )
 
 
+class SearchObjective(StrEnum):
+    """What the search maximises among candidates within the accuracy budget."""
+
+    throughput = "throughput"
+    latency = "latency"
+    size = "size"
+
+
+class TargetKind(StrEnum):
+    """Which pruning target the search varies."""
+
+    flops_reduction = "flopsReduction"
+    filter_rate = "filterRate"
+
+
+class TargetRange(ApiModel):
+    """An interval of pruning targets; the search starts with an even grid over it."""
+
+    min: float = Field(gt=0.0, lt=1.0, description="min is the shallowest target tried.")
+    max: float = Field(gt=0.0, lt=1.0, description="max is the deepest target tried.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TargetRange:
+        if self.min >= self.max:
+            raise ValueError("min must be below max")
+        return self
+
+
+class SearchSpec(ApiModel):
+    """A search over pruning targets: every candidate is pruned, converted and quantized,
+    measured side by side, and the best one within the accuracy budget is selected."""
+
+    target: TargetKind = Field(
+        default=TargetKind.flops_reduction,
+        description="target names the pruning target the candidates vary (pruning.target "
+        "is then ignored).",
+    )
+    targets: list[float] = Field(
+        default=[],
+        max_length=16,
+        description="targets are the first round's candidates (each in (0, 1)). Exactly one "
+        "of targets and range is set.",
+    )
+    range: TargetRange | None = Field(
+        default=None,
+        description="range: the first round is an even grid of candidatesPerRound targets "
+        "from min to max.",
+    )
+    candidates_per_round: int = Field(
+        default=3,
+        ge=1,
+        le=8,
+        description="candidatesPerRound: the grid size over range and the number of targets "
+        "each refinement round tries.",
+    )
+    rounds: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="rounds of refinement after the first: each tries targets between the "
+        "deepest one within budget and the shallowest one outside it, and the search stops "
+        "early when a round does not improve the objective.",
+    )
+    resolution: float = Field(
+        default=0.02,
+        gt=0.0,
+        lt=0.5,
+        description="resolution: refinement never tries targets closer than this to one "
+        "already tried.",
+    )
+    max_accuracy_drop: float = Field(
+        gt=0.0,
+        le=1.0,
+        description="maxAccuracyDrop is the budget: the most a candidate's INT8 model may "
+        "lose against the original, absolute (0.01 = 1 point), on the tuning split.",
+    )
+    objective: SearchObjective = Field(
+        default=SearchObjective.throughput,
+        description="objective: highest throughput, lowest latency, or smallest IR.",
+    )
+    batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="batchSize at which throughput and latency are measured.",
+    )
+    parallelism: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="parallelism: candidates running at once (Jobs on a cluster, processes "
+        "locally, where the number of cores also limits it).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SearchSpec:
+        if bool(self.targets) == (self.range is not None):
+            raise ValueError("exactly one of targets and range must be set")
+        if any(not 0.0 < t < 1.0 for t in self.targets):
+            raise ValueError("targets must lie strictly between 0 and 1")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets must be distinct")
+        return self
+
+
 class ModelOptimizationSpec(ApiModel):
     """What to optimize and how: the pipeline prune -> convert -> quantize -> benchmark."""
 
@@ -551,6 +656,17 @@ class ModelOptimizationSpec(ApiModel):
     execution: ExecutionSpec = Field(
         default_factory=ExecutionSpec, description="execution settings for stage Jobs."
     )
+    search: SearchSpec | None = Field(
+        default=None,
+        description="search over pruning targets for the best model within an accuracy "
+        "budget; empty runs the single pipeline.",
+    )
+
+    @model_validator(mode="after")
+    def _search_needs_pruning_and_int8(self) -> ModelOptimizationSpec:
+        if self.search is not None and not (self.pruning.enabled and self.quantization.enabled):
+            raise ValueError("search needs pruning.enabled and quantization.enabled")
+        return self
 
 
 StageName = Literal["prune", "convert", "quantize", "benchmark"]

@@ -47,6 +47,7 @@ class ConditionType(StrEnum):
     converted = "Converted"
     quantized = "Quantized"
     benchmarked = "Benchmarked"
+    selected = "Selected"  # the search measured its candidates and chose (spec.search only)
 
 
 STAGE_CONDITIONS: dict[str, ConditionType] = {
@@ -54,6 +55,7 @@ STAGE_CONDITIONS: dict[str, ConditionType] = {
     "convert": ConditionType.converted,
     "quantize": ConditionType.quantized,
     "benchmark": ConditionType.benchmarked,
+    "select": ConditionType.selected,
 }
 
 
@@ -218,6 +220,82 @@ class Artifacts(ApiModel):
     report: str | None = Field(default=None, description="report: the benchmark result.")
 
 
+class CandidateState(StrEnum):
+    """One search candidate's state."""
+
+    pending = "Pending"
+    running = "Running"
+    measured = "Measured"  # pruned, converted, quantized and measured
+    failed = "Failed"
+
+
+class SearchOutcome(StrEnum):
+    """Where the search stands."""
+
+    searching = "Searching"  # rounds still run
+    selected = "Selected"  # a candidate within the budget was chosen
+    no_candidate_within_budget = "NoCandidateWithinBudget"  # see closest
+
+
+class CandidateStatus(ApiModel):
+    """One pruning target the search tried, measured beside the original."""
+
+    name: str = Field(max_length=32, description="name of the candidate (from its target).")
+    target: float = Field(description="target: the pruning target (flopsReduction or filterRate).")
+    round: int = Field(default=0, ge=0, description="round the candidate was tried in.")
+    state: CandidateState = Field(default=CandidateState.pending, description="state.")
+    flops_reduction: float | None = Field(
+        default=None, description="flopsReduction: the FLOPs cut actually reached, 0..1."
+    )
+    accuracy_before_int8: float | None = Field(
+        default=None, description="accuracyBeforeInt8: the pruned FP model on the tuning split."
+    )
+    accuracy_after_int8: float | None = Field(
+        default=None, description="accuracyAfterInt8: the pruned INT8 model on the tuning split."
+    )
+    accuracy_drop: float | None = Field(
+        default=None, description="accuracyDrop after INT8 against the original, in points."
+    )
+    speedup: float | None = Field(
+        default=None, description="speedup of the objective's measure over the original."
+    )
+    size_bytes: int | None = Field(default=None, ge=0, description="sizeBytes of the INT8 IR.")
+    within_budget: bool | None = Field(
+        default=None, description="withinBudget: the drop fits maxAccuracyDrop."
+    )
+
+
+class SearchStatus(ApiModel):
+    """The search over pruning targets: every candidate and the choice."""
+
+    outcome: SearchOutcome = Field(
+        default=SearchOutcome.searching, description="outcome of the search so far."
+    )
+    round: int = Field(default=0, ge=0, description="round now running or last finished.")
+    candidates: list[CandidateStatus] = Field(
+        default=[], max_length=64, description="candidates tried, by target."
+    )
+    chosen: str | None = Field(
+        default=None, max_length=32, description="chosen candidate's name, within the budget."
+    )
+    closest: str | None = Field(
+        default=None,
+        max_length=32,
+        description="closest candidate to the budget when none meets it.",
+    )
+    chosen_speedup: str | None = Field(
+        default=None, description="chosenSpeedup for printer columns."
+    )
+    chosen_drop: str | None = Field(default=None, description="chosenDrop for printer columns.")
+    selected_ir: str | None = Field(
+        default=None, max_length=1024, description="selectedIr: stable URI of the chosen IR."
+    )
+    report: str | None = Field(
+        default=None, max_length=1024, description="report: URI of the HTML report."
+    )
+    message: str = Field(default="", max_length=1024, description="message for humans.")
+
+
 class ModelOptimizationStatus(ApiModel):
     """Observed state of a ModelOptimization."""
 
@@ -241,6 +319,9 @@ class ModelOptimizationStatus(ApiModel):
     speedup: str | None = Field(default=None, description="speedup for printer columns.")
     size_reduction: str | None = Field(default=None, description="sizeReduction for columns.")
     accuracy_drop: str | None = Field(default=None, description="accuracyDrop for columns.")
+    search: SearchStatus | None = Field(
+        default=None, description="search: candidates and the chosen one, when spec.search is set."
+    )
 
 
 def now_rfc3339() -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,10 @@ def run_pipeline(
     spec = manifest.spec
     uri = artifacts or spec.artifacts.uri
     store = open_store(uri)  # fails fast on a bad URI or missing credentials
+    if spec.search is not None:
+        from kubeslim.executors.search import run_search
+
+        return run_search(manifest_path, spec, store, force=force, quiet=quiet)
     console = Console(stderr=True, quiet=quiet)
     console.print(f"[bold]kubeslim run[/] {manifest.metadata.name} -> {store.root}")
     progress = Progress(
@@ -91,7 +96,14 @@ def run_pipeline(
 
 
 def _run_child(
-    stage: str, manifest: str, artifacts: str, force: bool, progress: Progress, task: Any
+    stage: str,
+    manifest: str,
+    artifacts: str,
+    force: bool,
+    progress: Progress,
+    task: Any,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> StageRun:
     with tempfile.NamedTemporaryFile(prefix=f"kubeslim-{stage}-", suffix=".json") as result_file:
         cmd = [
@@ -111,9 +123,10 @@ def _run_child(
         ]
         if force:
             cmd.append("--force")
+        cmd.extend(extra)
         stderr_tail: deque[str] = deque(maxlen=40)
         with tempfile.TemporaryFile(mode="w+") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
             result = None
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -54,7 +54,7 @@ from kubeslim.planner.status import (
     success_summary,
     transitions,
 )
-from kubeslim.stages.pipeline import STAGES, enabled_stages, spec_fingerprints
+from kubeslim.stages.pipeline import enabled_stages, pipeline_stages, spec_fingerprints
 
 _PHASE_RANK = {JobPhase.succeeded: 0, JobPhase.active: 1, JobPhase.failed: 2}
 
@@ -91,7 +91,7 @@ def plan(inp: PlanInput) -> Plan:
     fingerprints = spec_fingerprints(spec)
     enabled = set(enabled_stages(spec))
     walk = _Walk()
-    for stage in STAGES:
+    for stage in pipeline_stages(spec):
         if stage not in enabled:
             walk.stages.append(
                 StageStatus(

@@ -13,6 +13,9 @@ from typing import Any
 from kubeslim.api.spec import ModelOptimizationSpec
 
 STAGES: tuple[str, ...] = ("prune", "convert", "quantize", "benchmark")
+# With spec.search the pipeline ends in select: it measures every candidate's
+# pipeline (prune, convert, quantize under candidates/<name>/) and picks one.
+SELECT = "select"
 
 # The spec sections each stage's own work depends on (execution and artifacts
 # never change a result, so they are left out).
@@ -21,6 +24,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "convert": ("model",),
     "quantize": ("dataset", "quantization"),
     "benchmark": ("model", "dataset", "benchmark", "quantization"),
+    "select": ("model", "dataset", "pruning", "quantization", "benchmark", "search"),
 }
 
 
@@ -31,13 +35,21 @@ def stage_enabled(spec: ModelOptimizationSpec, stage: str) -> bool:
     if stage == "quantize":
         return spec.quantization.enabled
     if stage == "benchmark":
-        return spec.benchmark.enabled
+        # With a search, the select stage measures every candidate instead.
+        return spec.benchmark.enabled and spec.search is None
+    if stage == "select":
+        return spec.search is not None
     return True
 
 
 def enabled_stages(spec: ModelOptimizationSpec) -> list[str]:
     """The stages to run, in order."""
-    return [s for s in STAGES if stage_enabled(spec, s)]
+    return [s for s in pipeline_stages(spec) if stage_enabled(spec, s)]
+
+
+def pipeline_stages(spec: ModelOptimizationSpec) -> tuple[str, ...]:
+    """Every stage of the spec's pipeline in order, disabled ones included."""
+    return (*STAGES, SELECT) if spec.search is not None else STAGES
 
 
 def spec_fingerprints(spec: ModelOptimizationSpec) -> dict[str, str]:
@@ -49,7 +61,7 @@ def spec_fingerprints(spec: ModelOptimizationSpec) -> dict[str, str]:
     dumped = spec.model_dump(mode="json")
     out: dict[str, str] = {}
     previous = ""
-    for stage in STAGES:
+    for stage in (*STAGES, SELECT):
         enabled = stage_enabled(spec, stage)
         sections = {k: dumped[k] for k in STAGE_SECTIONS[stage]} if enabled else {}
         previous = digest({"stage": stage, "enabled": enabled, "spec": sections, "up": previous})

@@ -33,6 +33,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "convert": ("prune",),
     "quantize": ("convert",),
     "benchmark": ("convert", "quantize"),
+    "select": (),  # reads the candidates' results below candidates/ (see stages/select.py)
 }
 
 
@@ -54,6 +55,10 @@ def stage_function(name: str) -> StageFn:
         from kubeslim.stages.benchmark import benchmark
 
         return benchmark
+    if name == "select":
+        from kubeslim.stages.select import select
+
+        return select
     raise KubeslimError(f"unknown stage {name!r}")
 
 
@@ -74,6 +79,10 @@ def fingerprint(name: str, ctx: StageContext) -> str:
         from kubeslim.store.cache import fetch
 
         parts["checkpoint"] = file_digest(fetch(spec.model.checkpoint))
+    if name == "select":
+        from kubeslim.stages.select import candidate_fingerprints
+
+        parts["candidates"] = candidate_fingerprints(ctx)
     return digest(parts)
 
 
@@ -145,11 +154,20 @@ def run_stage_command(
     result_file: str | None,
     progress: str,
     force: bool,
+    candidate: str | None = None,
 ) -> int:
-    """`kubeslim stage NAME`: one stage, its compact result on stdout and in result_file."""
+    """`kubeslim stage NAME`: one stage, its compact result on stdout and in result_file.
+
+    With a candidate, the stage runs that search candidate's pipeline: its spec
+    (the candidate's target) under <artifacts>/candidates/<candidate>/.
+    """
     try:
         spec = _load_spec(manifest, spec_json)
         store = open_store(artifacts or spec.artifacts.uri)
+        if candidate is not None:
+            from kubeslim.stages.select import candidate_run
+
+            spec, store = candidate_run(spec, store, candidate)
         result = run_stage(name, spec, store, Reporter(progress), force=force)
     except KubeslimError as err:
         _write(result_file, json.dumps({"stage": name, "error": str(err)}))
