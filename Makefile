@@ -11,7 +11,7 @@ STAMP := $(VENV)/.kubeslim-installed
 PYTEST_ARGS ?=
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: quickstart test lint crd install system-deps data-deps cluster-tools clean
+.PHONY: quickstart test images lint crd install system-deps data-deps cluster-tools clean
 
 # --- environment -----------------------------------------------------------
 $(STAMP): pyproject.toml
@@ -52,8 +52,13 @@ quickstart: $(STAMP) data-deps
 	$(VENV)/bin/kubeslim train examples/quickstart.yaml --epochs 2 --lr 0.1 --if-missing
 	$(VENV)/bin/kubeslim run examples/quickstart.yaml
 
-test: $(STAMP) system-deps cluster-tools
+test: $(STAMP) system-deps cluster-tools images
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The operator, runtime and trainer images, built with podman on a Debian base made with
+# mmdebstrap, tagged by a hash of their inputs: a warm run rebuilds nothing (docs/images.md).
+images: $(STAMP) system-deps
+	$(PY) -m tests.images.build
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)

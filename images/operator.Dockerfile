@@ -1,13 +1,17 @@
 # syntax=docker/dockerfile:1
 # The operator image: kopf handlers and the Kubernetes client, no ML libraries.
-# Build from the repository root:
+# Build from the repository root (docs/images.md; tests/images/build.py builds all three):
 #   docker build -f images/operator.Dockerfile -t ghcr.io/kubeslim/operator:0.1.0 .
 # Base images are pinned to exact tags; pin digests too (FROM image:tag@sha256:...)
-# when building for production, since a tag can be re-pushed.
+# when building for production, since a tag can be re-pushed. Any Debian bookworm image
+# with python3 and python3-venv works as PYTHON_IMAGE (the tests build one with mmdebstrap).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- builder: build the kubeslim wheel and install it with its extra into a venv
 FROM ${PYTHON_IMAGE} AS builder
+# pip trusts the system CA store, so a build behind a TLS-inspecting proxy works by
+# mounting the proxy's bundle over it (-v /etc/ssl/certs/ca-certificates.crt:...:ro).
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./

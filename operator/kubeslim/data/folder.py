@@ -1,20 +1,22 @@
-"""ImageFolder trees (one folder per class) on disk or in an artifact store."""
+"""ImageFolder trees (one folder per class) on disk or in an artifact store.
+
+numpy and Pillow only: the runtime image reads folders with no torch installed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
+from kubeslim.data.arrays import Parts
 from kubeslim.errors import SpecError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 
 
-class FolderDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Decodes lazily: large trees never sit in memory."""
+class FolderImages:
+    """Decodes lazily to uint8 [3, H, W]: large trees never sit in memory."""
 
     def __init__(self, items: list[tuple[Path, int]], size: tuple[int, int]) -> None:
         self.items = items
@@ -23,28 +25,26 @@ class FolderDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         from PIL import Image
 
         path, label = self.items[i]
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
-        return torch.from_numpy(arr), label
+        return arr, label
 
 
-def load_image_folder(uri: str, size: tuple[int, int]):  # type: ignore[no-untyped-def]
+def load_image_folder(uri: str, size: tuple[int, int]) -> Parts:
     """train/ and val/ sub-folders (val/ is the test part) when present, else one part."""
-    from kubeslim.data.datasets import Parts
-
     root = _local_root(uri)
     if (root / "train").is_dir() and (root / "val").is_dir():
         classes = _classes(root / "train")
-        train = FolderDataset(_items(root / "train", classes), size)
-        test = FolderDataset(_items(root / "val", classes), size)
+        train = FolderImages(_items(root / "train", classes), size)
+        test = FolderImages(_items(root / "val", classes), size)
         return Parts(train, test, len(classes))
     classes = _classes(root)
-    return Parts(FolderDataset(_items(root, classes), size), None, len(classes))
+    return Parts(FolderImages(_items(root, classes), size), None, len(classes))
 
 
 def _local_root(uri: str) -> Path:

@@ -155,7 +155,7 @@ def pod_spec(
         )
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": config.trainer_image if request.stage == "prune" else config.runtime_image,
+        "image": config.stage_image(request.stage),
         "imagePullPolicy": config.image_pull_policy,
         "command": stage_command(spec, request.stage, owner, config),
         "env": _env(config),

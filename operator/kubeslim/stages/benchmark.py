@@ -14,11 +14,9 @@ import sys
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from kubeslim.api.status import ModelMetrics
-from kubeslim.data.datasets import loader
+from kubeslim.data.arrays import ImageSource, batches
 from kubeslim.errors import KubeslimError
 from kubeslim.stages.context import StageContext, StageOutput
 from kubeslim.stages.measure import LATENCY
@@ -43,8 +41,8 @@ def benchmark(ctx: StageContext) -> StageOutput:
     # Reported accuracy comes from the test split; the tuning split's is shown
     # beside it, labelled, since accuracy control decided on it.
     data = {
-        "test": _split_arrays(ctx, ctx.splits.test, "test"),
-        "tuning": _split_arrays(ctx, ctx.splits.tuning, "tuning"),
+        "test": _split_arrays(ctx, ctx.arrays.test, "test"),
+        "tuning": _split_arrays(ctx, ctx.arrays.tuning, "tuning"),
     }
     request = {
         "models": models,
@@ -65,21 +63,19 @@ def benchmark(ctx: StageContext) -> StageOutput:
     return StageOutput(files={"report": report}, metrics=metrics, details=details)
 
 
-def _split_arrays(
-    ctx: StageContext, split: Dataset[tuple[torch.Tensor, int]], name: str
-) -> dict[str, str]:
+def _split_arrays(ctx: StageContext, split: ImageSource, name: str) -> dict[str, str]:
     """A split, preprocessed, as .npy files (memory-mapped, so a large split never
-    sits in memory twice)."""
-    n = len(split)  # type: ignore[arg-type]
+    sits in memory twice). numpy only: the stage runs in the runtime image, no torch."""
+    n = len(split)
     x_path, y_path = ctx.scratch / f"{name}_x.npy", ctx.scratch / f"{name}_y.npy"
     x = np.lib.format.open_memmap(
         x_path, mode="w+", dtype=np.float32, shape=(n, *ctx.spec.model.input_shape)
     )
     y = np.empty(n, dtype=np.int64)
     i = 0
-    for images, labels in loader(split, PREPARE_BATCH):
-        x[i : i + len(labels)] = ctx.preprocess(images).numpy()
-        y[i : i + len(labels)] = labels.numpy()
+    for images, labels in batches(split, PREPARE_BATCH):
+        x[i : i + len(labels)] = ctx.array_preprocess(images)
+        y[i : i + len(labels)] = labels
         i += len(labels)
     x.flush()
     np.save(y_path, y)

@@ -17,6 +17,7 @@ from kubeslim.store.base import ArtifactStore
 if TYPE_CHECKING:
     import torch
 
+    from kubeslim.data.arrays import ArrayPreprocess, ImageSource
     from kubeslim.data.datasets import Preprocess, Splits
 
 
@@ -72,6 +73,21 @@ class StageContext:
         from kubeslim.data.datasets import Preprocess
 
         return Preprocess(self.spec.dataset, self.spec.model)
+
+    # The same splits and preprocessing as numpy, for the stages that run without torch
+    # (quantize, benchmark: the runtime image has no torch).
+    @cached_property
+    def arrays(self) -> Splits[ImageSource]:
+        from kubeslim.data.arrays import load_array_splits
+
+        _, h, w = self.spec.model.input_shape
+        return load_array_splits(self.spec.dataset, size=(h, w))
+
+    @cached_property
+    def array_preprocess(self) -> ArrayPreprocess:
+        from kubeslim.data.arrays import ArrayPreprocess
+
+        return ArrayPreprocess(self.spec.dataset, self.spec.model)
 
     def example_input(self) -> torch.Tensor:
         """One preprocessed training image: traces see real shapes and values."""

@@ -1,4 +1,6 @@
-"""The quantize stage: INT8 post-training quantization with NNCF."""
+"""The quantize stage: INT8 post-training quantization with NNCF's OpenVINO backend.
+
+No torch here: the stage runs in the runtime image, which has none."""
 
 from __future__ import annotations
 
@@ -8,15 +10,11 @@ from typing import Any
 import nncf
 import numpy as np
 import openvino as ov
-import torch
-from torch.utils.data import Subset
 
 from kubeslim.api.spec import Preset
-from kubeslim.data.datasets import loader
+from kubeslim.data.arrays import batches
 from kubeslim.stages.context import StageContext, StageOutput
 from kubeslim.stages.measure import ov_accuracy
-
-CALIBRATION_BATCH = 1  # NNCF's subset_size counts samples only at batch 1
 
 
 def quantize(ctx: StageContext) -> StageOutput:
@@ -69,20 +67,18 @@ def quantize(ctx: StageContext) -> StageOutput:
 
 def _calibration_images(ctx: StageContext) -> list[np.ndarray]:
     """calibrationSize images of the train split, preprocessed, one per item."""
-    train = ctx.splits.train
+    train = ctx.arrays.train
     n = min(ctx.spec.dataset.calibration_size, len(train))
-    gen = torch.Generator().manual_seed(ctx.spec.dataset.seed)
-    idx = torch.randperm(len(train), generator=gen)[:n].tolist()
-    batches = loader(Subset(train, idx), CALIBRATION_BATCH)
-    return [ctx.preprocess(images).numpy() for images, _ in batches]
+    idx = np.random.default_rng(ctx.spec.dataset.seed).permutation(len(train))[:n]
+    # One image per item: NNCF's subset_size counts samples only at batch 1.
+    return [ctx.array_preprocess(train[int(i)][0][None]) for i in idx]
 
 
 def _validation_batches(ctx: StageContext) -> list[tuple[np.ndarray, np.ndarray]]:
     """The tuning split, one image per item: accuracy control decides on it, never
     on the test split whose accuracy the benchmark reports."""
     return [
-        (ctx.preprocess(images).numpy(), labels.numpy())
-        for images, labels in loader(ctx.splits.tuning, 1)
+        (ctx.array_preprocess(images), labels) for images, labels in batches(ctx.arrays.tuning, 1)
     ]
 
 

@@ -1,0 +1,309 @@
+"""Build the project's three images with podman, cached by a content hash of their inputs.
+
+No container registry is reachable from the test machines, so the base image is made
+here: a Debian bookworm minbase with Python (mmdebstrap from the mirror apt already uses),
+imported into podman and passed to each Dockerfile through its base-image build arg.
+Each image's build context is staged from exactly the files its Dockerfile copies
+(pyproject.toml, README.md, operator/ without caches), and its tag is a hash of that
+context, the Dockerfile, the build args and the base image: a warm run finds every tag
+and rebuilds nothing. Each image is also saved as a docker-archive tarball that a
+Kubernetes node imports with `ctr -n k8s.io images import ARCHIVE`.
+
+    python -m tests.images.build [operator runtime trainer trainer-cu12]   # prints JSON
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("KUBESLIM_IMAGE_CACHE", Path.home() / ".cache/kubeslim/images"))
+REPOSITORY = "localhost/kubeslim"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# podman's default rlimits are above the hard limits that root may set on these VMs.
+# crun refuses this kernel's hybrid cgroup layout ("cgroups in hybrid mode not supported").
+PODMAN = ["podman", "--runtime", "runc"]
+ULIMITS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=8192:8192"]
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """One image to build: a Dockerfile plus build args."""
+
+    dockerfile: str
+    base_arg: str
+    build_args: tuple[tuple[str, str], ...] = ()
+
+
+FLAVOURS: dict[str, Flavour] = {
+    "operator": Flavour("operator", "PYTHON_IMAGE"),
+    "runtime": Flavour("runtime", "PYTHON_IMAGE"),
+    "trainer": Flavour("trainer", "PYTHON_IMAGE"),
+    # torch's CUDA 12 wheels for drivers older than CUDA 13 (download.pytorch.org only).
+    "trainer-cu12": Flavour(
+        "trainer",
+        "PYTHON_IMAGE",
+        (
+            ("TORCH_INDEX", "https://download.pytorch.org/whl/cu126"),
+            ("CUDA_REQUIREMENT", "cuda>=12.6"),
+        ),
+    ),
+}
+DEFAULT_KINDS = ("operator", "runtime", "trainer")
+DIGEST_CHARS = 16  # of the inputs' sha256 in a tag: localhost/kubeslim/NAME:DIGEST[-FLAVOUR]
+# Free space a cold build needs, from the peaks measured here (docs/images.md): podman's
+# storage holds the builder's venv, the final stage's copy and the committed layer.
+BUILD_DISK_GB = {"operator": 3, "runtime": 8, "trainer": 35}
+
+
+class BuildError(RuntimeError):
+    """A build that cannot start or failed, in one line."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """What a node needs to import and run an image."""
+
+    kind: str
+    tag: str
+    archive: Path
+    size_bytes: int
+    archive_bytes: int
+    built: bool  # False when the cache already had it
+    seconds: float
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, **kw)  # type: ignore[call-overload]
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt on this machine uses (deb822 or one-line sources)."""
+    for path in sorted(Path("/etc/apt").glob("sources.list.d/*.sources")):
+        m = re.search(r"^URIs:\s*(\S+/debian)\s*$", path.read_text(), re.M)
+        if m:
+            return m.group(1)
+    one_line = Path("/etc/apt/sources.list")
+    text = one_line.read_text() if one_line.exists() else ""
+    m = re.search(r"^deb\s+(\S+/debian)\s", text, re.M)
+    return m.group(1) if m else "http://deb.debian.org/debian"
+
+
+def image_id(ref: str) -> str | None:
+    proc = subprocess.run(
+        [*PODMAN, "image", "inspect", "--format", "{{.Id}}", ref],
+        capture_output=True,
+        text=True,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def base_image() -> str:
+    """The Debian base, made with mmdebstrap once and kept in podman and as a tarball."""
+    key = hashlib.sha256(f"{BASE_SUITE} {sorted(BASE_PACKAGES)}".encode()).hexdigest()[:12]
+    tag = f"{REPOSITORY}/debian-base:{BASE_SUITE}-{key}"
+    if image_id(tag):
+        return tag
+    tarball = CACHE / f"debian-base-{BASE_SUITE}-{key}.tar"
+    if not tarball.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = tarball.with_suffix(".partial.tar")
+        run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                BASE_SUITE,
+                str(partial),
+                debian_mirror(),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        partial.rename(tarball)
+    run([*PODMAN, "import", str(tarball), tag], stdout=subprocess.DEVNULL)
+    return tag
+
+
+def _context_files() -> list[Path]:
+    """The files the Dockerfiles copy, relative to the repository root."""
+    files = [Path("pyproject.toml"), Path("README.md")]
+    for path in sorted((ROOT / "operator").rglob("*")):
+        rel = path.relative_to(ROOT)
+        if path.is_file() and not _ignored(rel):
+            files.append(rel)
+    return files
+
+
+def _ignored(rel: Path) -> bool:
+    return any(p == "__pycache__" or p.endswith(".egg-info") for p in rel.parts) or (
+        rel.suffix == ".pyc"
+    )
+
+
+def stage_context(dest: Path) -> None:
+    for rel in _context_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+
+
+def inputs_digest(kind: str, base: str) -> str:
+    """Hash of everything a build reads: Dockerfile, build args, base image, context."""
+    flavour = FLAVOURS[kind]
+    h = hashlib.sha256()
+    h.update((ROOT / "images" / f"{flavour.dockerfile}.Dockerfile").read_bytes())
+    h.update(json.dumps([flavour.base_arg, base, image_id(base), flavour.build_args]).encode())
+    for rel in _context_files():
+        h.update(str(rel).encode() + b"\0" + (ROOT / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def image_ref(kind: str) -> str:
+    """The tag the image of `kind` has for the current inputs (builds the base if needed)."""
+    digest = inputs_digest(kind, base_image())[:DIGEST_CHARS]
+    name, _, flavour = kind.partition("-")
+    return f"{REPOSITORY}/{name}:{digest}{'-' + flavour if flavour else ''}"
+
+
+def archive_path(ref: str) -> Path:
+    """Where the docker-archive of an image ref is saved."""
+    name, tag = ref.rsplit("/", 1)[-1].split(":")
+    return CACHE / f"{name}-{tag}.tar"
+
+
+def build(kind: str) -> BuiltImage:
+    """Build (or find) the image of `kind` and its docker-archive."""
+    flavour = FLAVOURS[kind]
+    base = base_image()
+    ref = image_ref(kind)
+    archive = archive_path(ref)
+    started = time.monotonic()
+    built = False
+    if not image_id(ref):
+        drop_stale(ref)
+        if archive.exists():
+            run([*PODMAN, "load", "-i", str(archive)], stdout=subprocess.DEVNULL)
+        else:
+            check_disk(kind)
+            _podman_build(flavour, base, ref)
+            built = True
+    if not archive.exists():
+        partial = archive.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        run([*PODMAN, "save", "--format", "docker-archive", "-o", str(partial), ref])
+        partial.rename(archive)
+    return BuiltImage(
+        kind=kind,
+        tag=ref,
+        archive=archive,
+        size_bytes=image_size(ref),
+        archive_bytes=archive.stat().st_size,
+        built=built,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+def drop_stale(ref: str) -> None:
+    """Remove earlier builds of the same image and flavour (other input hashes), from
+    podman and from the archive cache: each trainer build is 6.7 GB in both."""
+    repo, _, tag = ref.rpartition(":")
+    name, suffix = repo.rsplit("/", 1)[1], tag[DIGEST_CHARS:]
+    listed = run(
+        [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}", repo], capture_output=True
+    )
+    stale = [
+        r
+        for r in listed.stdout.split()
+        if r != ref and r.rpartition(":")[2][DIGEST_CHARS:] == suffix
+    ]
+    if stale:  # an image a running container uses stays; the next build retries
+        subprocess.run([*PODMAN, "rmi", *stale], capture_output=True)
+    for path in CACHE.glob(f"{name}-*.tar"):
+        other = path.stem[len(name) + 1 :]
+        if other != tag and other[DIGEST_CHARS:] == suffix and len(other) >= DIGEST_CHARS:
+            path.unlink()
+
+
+def check_disk(kind: str) -> None:
+    """Fail in one line before a build that would fill the disk (the trainer's venv exists
+    up to four times at the peak of its build, then once more as the archive)."""
+    need = BUILD_DISK_GB[FLAVOURS[kind].dockerfile] * 10**9
+    store = run([*PODMAN, "info", "--format", "{{.Store.GraphRoot}}"], capture_output=True)
+    for path in (Path(store.stdout.strip()), CACHE):
+        path.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(path).free
+        if free < need:
+            raise BuildError(
+                f"building the {kind} image needs about {need / 1e9:.0f} GB free on the disk "
+                f"of {path}; {free / 1e9:.1f} GB are free"
+            )
+
+
+def _podman_build(flavour: Flavour, base: str, ref: str) -> None:
+    args = [f"{flavour.base_arg}={base}", *(f"{k}={v}" for k, v in flavour.build_args)]
+    with tempfile.TemporaryDirectory(prefix="kubeslim-image-") as tmp:
+        context = Path(tmp)
+        stage_context(context)
+        cmd = [
+            *PODMAN, "build", *ULIMITS,
+            # Package downloads go through this machine's TLS setup: its CA bundle
+            # replaces the image's, and pip trusts the system store (the builder's PIP_CERT).
+            "--network", "host",
+            "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+            "--layers=false", "--force-rm",
+            "-f", str(ROOT / "images" / f"{flavour.dockerfile}.Dockerfile"),
+            "-t", ref,
+        ]  # fmt: skip
+        for arg in args:
+            cmd += ["--build-arg", arg]
+        try:
+            run([*cmd, str(context)])
+        except subprocess.CalledProcessError as err:
+            raise BuildError(
+                f"podman build of {ref} failed with exit code {err.returncode}"
+            ) from None
+    # Builder stages leave untagged images behind; they hold gigabytes for the trainer.
+    subprocess.run([*PODMAN, "image", "prune", "-f"], capture_output=True)
+
+
+def image_size(ref: str) -> int:
+    out = run(
+        [*PODMAN, "image", "inspect", "--format", "{{.Size}}", ref], capture_output=True
+    ).stdout
+    return int(out.strip())
+
+
+def images(kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[str, BuiltImage]:
+    """The built images by kind, building what the cache lacks. The node's setup imports
+    `images()[kind].archive` and runs `images()[kind].tag`."""
+    return {kind: build(kind) for kind in kinds}
+
+
+def main(argv: list[str]) -> int:
+    kinds = tuple(argv) or DEFAULT_KINDS
+    unknown = [k for k in kinds if k not in FLAVOURS]
+    if unknown:
+        print(f"unknown image {unknown[0]!r}: expected one of {', '.join(FLAVOURS)}")
+        return 2
+    try:
+        built = images(kinds)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: asdict(v) for k, v in built.items()}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
