@@ -24,6 +24,7 @@ from kubeslim.constants import (
     MANAGED_BY,
 )
 from kubeslim.planner.model import JobRequest
+from kubeslim.planner.search import candidate_args
 
 ANNOTATION_FINGERPRINT = f"{GROUP}/fingerprint"
 ANNOTATION_SHARD = f"{GROUP}/shard"
@@ -157,7 +158,8 @@ def pod_spec(
         "name": CONTAINER,
         "image": config.stage_image(request.stage),
         "imagePullPolicy": config.image_pull_policy,
-        "command": stage_command(spec, request.stage, owner, config),
+        "command": stage_command(spec, request.stage, owner, config)
+        + candidate_args(spec, request.stage, request.shard),
         "env": _env(config),
         "resources": _resources(spec, request.stage),
         "volumeMounts": mounts,

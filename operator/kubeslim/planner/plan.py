@@ -26,6 +26,7 @@ from kubeslim.api.status import (
     Metrics,
     ModelOptimizationStatus,
     Reason,
+    SearchStatus,
     StageState,
     StageStatus,
     State,
@@ -39,6 +40,11 @@ from kubeslim.planner.model import (
     Plan,
     PlanInput,
     job_name,
+)
+from kubeslim.planner.search import (
+    candidate_shards,
+    search_status,
+    within_parallelism,
 )
 from kubeslim.planner.status import (
     ARTIFACT_FIELDS,
@@ -65,8 +71,7 @@ def stage_shards(spec: ModelOptimizationSpec, stage: str) -> tuple[str, ...]:
     A stage that fans out (several pruning targets searched in parallel) returns
     one shard id per Job; the planner creates, waits for and records them all.
     """
-    del spec, stage
-    return ("",)
+    return candidate_shards(spec, stage)
 
 
 @dataclass
@@ -178,6 +183,8 @@ def _visit(
             base.model_copy(update={"state": StageState.pending, "message": "waiting for capacity"})
         )
         return
+    running = sum(1 for j in found if j.phase == JobPhase.active)
+    missing = within_parallelism(spec, running, missing)
     for shard in missing:
         name = job_name(inp.name, stage, inp.generation, shard)
         walk.create.append(JobRequest(stage, name, fingerprint, inp.generation, shard))
@@ -282,6 +289,7 @@ def _finish(inp: PlanInput, walk: _Walk, stale: tuple[str, ...]) -> Plan:
             "artifacts": artifacts,
             "metrics": metrics,
             **columns(metrics),
+            "search": _search(inp, walk),
         }
     )
     return Plan(
@@ -306,9 +314,25 @@ def _artifacts(old: Artifacts, walk: _Walk) -> Artifacts:
 
 
 def _metrics(old: Metrics | None, walk: _Walk) -> Metrics | None:
-    if "benchmark" in walk.results:
-        return metrics_from(walk.results["benchmark"])
-    return None if "benchmark" in walk.cleared else old
+    # With a search, the select stage measures the chosen model against the original.
+    stage = "select" if any(s.name == "select" for s in walk.stages) else "benchmark"
+    if stage in walk.results:
+        return metrics_from(walk.results[stage])
+    return None if stage in walk.cleared else old
+
+
+def _search(inp: PlanInput, walk: _Walk) -> SearchStatus | None:
+    """status.search from the select result, or from the candidates' Jobs before it."""
+    if isinstance(inp.spec, SpecError):
+        return None
+    # Each resource writes below <artifacts.uri>/<namespace>/<name> (executors/job.py).
+    root = f"{inp.spec.artifacts.uri.rstrip('/')}/{inp.namespace}/{inp.name}"
+    jobs = [(j.shard, j.stage, j.phase.value) for j in inp.jobs]
+    if "select" in walk.results:
+        return search_status(inp.spec, walk.results["select"], jobs, root)
+    if "select" not in walk.cleared and inp.status.search is not None:
+        return inp.status.search
+    return search_status(inp.spec, None, jobs, root)
 
 
 def _state_and_summary(inp: PlanInput, walk: _Walk, metrics: Metrics | None) -> tuple[State, str]:

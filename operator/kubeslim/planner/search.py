@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kubeslim.api.spec import ModelOptimizationSpec, SearchSpec, TargetKind
-from kubeslim.api.status import SearchOutcome
+from kubeslim.api.status import CandidateState, CandidateStatus, SearchOutcome, SearchStatus
 
 # Accuracies are ratios of counts; a drop equal to the budget must count as within it.
 BUDGET_SLACK = 1e-9
@@ -173,3 +174,105 @@ def candidate_from_name(name: str) -> Candidate:
     if not name.startswith("t") or not digits.isdigit() or not 0 < int(digits) < 10000:
         raise ValueError(f"candidate {name!r}: expected t<target per ten thousand>, e.g. t5000")
     return candidate(int(digits) / 10000, 0)
+
+
+# --- the search on a cluster: which Jobs, how many at once, what status says ----------
+
+CANDIDATE_STAGES = ("prune", "convert", "quantize")
+
+
+def candidate_shards(spec: ModelOptimizationSpec, stage: str) -> tuple[str, ...]:
+    """One Job per first-round candidate for the candidate stages; one plain Job otherwise.
+
+    Refinement rounds run locally (`kubeslim run`); on a cluster the select stage
+    reports them in `nextRound` and the status names them, but no Jobs start for them.
+    """
+    if spec.search is None or stage not in CANDIDATE_STAGES:
+        return ("",)
+    return tuple(c.name for c in first_round(spec.search))
+
+
+def within_parallelism(
+    spec: ModelOptimizationSpec, running: int, missing: Sequence[str]
+) -> list[str]:
+    """The candidate Jobs to create now: at most `search.parallelism` run at once."""
+    if spec.search is None:
+        return list(missing)
+    return list(missing[: max(0, spec.search.parallelism - running)])
+
+
+def candidate_args(spec: ModelOptimizationSpec, stage: str, shard: str) -> list[str]:
+    """The extra arguments of a candidate's stage Job."""
+    if spec.search is None or not shard or stage not in CANDIDATE_STAGES:
+        return []
+    return ["--candidate", shard]
+
+
+def search_status(
+    spec: ModelOptimizationSpec,
+    select_result: dict[str, Any] | None,
+    jobs: Sequence[tuple[str, str, str]],
+    root: str,
+) -> SearchStatus | None:
+    """status.search: the select stage's figures once it ran, else the candidates' Jobs.
+
+    select_result is the select stage's compact result; jobs are (shard, stage,
+    phase) of the observed Jobs; root is the resource's artifacts URI.
+    """
+    if spec.search is None:
+        return None
+    metrics = (select_result or {}).get("metrics") or {}
+    if isinstance(metrics.get("candidates"), list):
+        report = ((select_result or {}).get("outputs") or {}).get("report")
+        if isinstance(report, str) and "://" not in report and not report.startswith("/"):
+            report = f"{root.rstrip('/')}/{report}"
+        return _selected_status(metrics).model_copy(update={"report": report})
+    entries = []
+    for c in first_round(spec.search):
+        phases = {(stage, phase) for shard, stage, phase in jobs if shard == c.name}
+        state = CandidateState.pending
+        if any(p == "Failed" for _, p in phases):
+            state = CandidateState.failed
+        elif phases:
+            state = CandidateState.running
+        entries.append(CandidateStatus(name=c.name, target=c.target, round=c.round, state=state))
+    return SearchStatus(candidates=entries, message=f"{len(entries)} candidates in round 0")
+
+
+def _selected_status(m: dict[str, Any]) -> SearchStatus:
+    candidates = []
+    for row in m["candidates"][:64]:
+        fields = {k: v for k, v in row.items() if k in _CANDIDATE_KEYS}
+        try:
+            candidates.append(CandidateStatus.model_validate(fields))
+        except ValueError:
+            continue
+    chosen = next((c for c in candidates if c.name == m.get("chosen")), None)
+    return SearchStatus(
+        outcome=SearchOutcome(m.get("outcome", SearchOutcome.searching.value)),
+        round=max((c.round for c in candidates), default=0),
+        candidates=candidates,
+        chosen=m.get("chosen"),
+        closest=m.get("closest"),
+        chosen_speedup=f"{chosen.speedup:.2f}x" if chosen and chosen.speedup else None,
+        chosen_drop=f"{chosen.accuracy_drop:.2f}pt"
+        if chosen and chosen.accuracy_drop is not None
+        else None,
+        selected_ir=m.get("selectedIr"),
+        message=str(m.get("message", ""))[:1024],
+    )
+
+
+_CANDIDATE_KEYS = {
+    "name",
+    "target",
+    "round",
+    "state",
+    "flopsReduction",
+    "accuracyBeforeInt8",
+    "accuracyAfterInt8",
+    "accuracyDrop",
+    "speedup",
+    "sizeBytes",
+    "withinBudget",
+}
