@@ -387,7 +387,8 @@ class QuantizationSpec(ApiModel):
         gt=0.0,
         le=1.0,
         description="maxAccuracyDrop (absolute, 0.01 = 1 point) switches to "
-        "quantize_with_accuracy_control, which reverts layers to float until the drop fits.",
+        "quantize_with_accuracy_control, which reverts layers to float until the drop fits "
+        "on the tuning split.",
     )
     ignored_scope: IgnoredScope = Field(
         default_factory=IgnoredScope, description="ignoredScope stays in floating point."
