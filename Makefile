@@ -11,7 +11,7 @@ STAMP := $(VENV)/.kubeslim-installed
 PYTEST_ARGS ?=
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: quickstart test images lint crd install system-deps data-deps cluster-tools clean
+.PHONY: quickstart test test-real-node images lint crd install system-deps data-deps cluster-tools clean
 
 # --- environment -----------------------------------------------------------
 $(STAMP): pyproject.toml
@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages: Fashion-MNIST for the quickstart, Ceph for the S3 tests.
-APT_PACKAGES := dataset-fashion-mnist radosgw ceph-mon ceph-osd ceph-common
+# Debian packages: Fashion-MNIST for the quickstart, Ceph for the S3 tests; runc, the CNI
+# plugins, iptables and iproute2 for the real test node; podman and mmdebstrap for images.
+APT_PACKAGES := dataset-fashion-mnist radosgw ceph-mon ceph-osd ceph-common \
+	runc containernetworking-plugins iptables iproute2 podman mmdebstrap
 # Chromium: the search report is tested in a real headless browser (tests/test_report.py).
 APT_PACKAGES += chromium
 system-deps:
@@ -40,10 +42,12 @@ data-deps:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
-# etcd, kube-apiserver, kube-controller-manager, helm and kustomize, built from the Go module
-# proxy once and cached under ~/.cache/kubeslim.
+# etcd, kube-apiserver, kube-controller-manager, the real node's kubelet, kube-scheduler,
+# kube-proxy and containerd, helm and kustomize, built from the Go module proxy once and
+# cached under ~/.cache/kubeslim.
 cluster-tools:
 	bash tests/cluster/k8s/build.sh
+	bash tests/cluster/containerd/build.sh
 	bash tests/tools/install-helm.sh
 	bash tests/tools/install-kustomize.sh
 
@@ -59,6 +63,10 @@ test: $(STAMP) system-deps cluster-tools images
 # mmdebstrap, tagged by a hash of their inputs: a warm run rebuilds nothing (docs/images.md).
 images: $(STAMP) system-deps
 	$(PY) -m tests.images.build
+
+# The real node's own tests and the rig's tests on it (root; docs/testing-cluster.md).
+test-real-node: $(STAMP) system-deps cluster-tools
+	$(PY) -m pytest --node=real tests/test_real_node.py tests/test_rig.py $(PYTEST_ARGS)
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)

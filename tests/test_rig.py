@@ -1,8 +1,10 @@
 """Tests of the test control plane itself: real API server semantics, the real
-Job controller and garbage collector, the fake kubelet's Pods and logs, RBAC.
+Job controller and garbage collector, the node's Pods and logs, RBAC.
 
-With --kubeconfig they run against that cluster; the image below then
-matters (on the rig it is ignored and `python` is the test environment's).
+On the fake kubelet the image is ignored and `python` is the test
+environment's. With --node=real or --kubeconfig the image matters: the real
+node runs a small Debian image with Python made here
+(`Cluster.test_image`), another cluster python:3.11-slim.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ spec:
               properties:
                 seen: {type: integer}
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _image(k8s_cluster: Cluster) -> None:
+    """The image every Pod here runs, as the cluster can run it."""
+    global IMAGE
+    IMAGE = k8s_cluster.test_image()
 
 
 @pytest.fixture(scope="module")

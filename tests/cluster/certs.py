@@ -126,8 +126,9 @@ class Pki:
     service_account: KeyPair
 
 
-def make_pki(directory: Path) -> Pki:
-    """Generate the rig's PKI under `directory` (created if needed)."""
+def make_pki(directory: Path, node_ips: tuple[str, ...] = ()) -> Pki:
+    """Generate the rig's PKI under `directory` (created if needed); the API
+    server and kubelet also serve on `node_ips` (a real node's address)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = make_ca(directory)
     apiserver_names = (
@@ -141,7 +142,8 @@ def make_pki(directory: Path) -> Pki:
         ca=ca,
         apiserver=issue(
             ca, "apiserver", "kube-apiserver",
-            server_names=apiserver_names, server_ips=("127.0.0.1", KUBERNETES_SERVICE_IP),
+            server_names=apiserver_names,
+            server_ips=("127.0.0.1", KUBERNETES_SERVICE_IP, *node_ips),
         ),
         # system:masters bypasses RBAC: the tests' own admin identity.
         admin=issue(ca, "admin", "kubeslim-test-admin", organization="system:masters"),
@@ -153,7 +155,7 @@ def make_pki(directory: Path) -> Pki:
         ),
         kubelet_serving=issue(
             ca, "kubelet-serving", "kubelet",
-            server_names=("localhost",), server_ips=("127.0.0.1",),
+            server_names=("localhost",), server_ips=("127.0.0.1", *node_ips),
         ),
         service_account=make_service_account_key(directory),
     )  # fmt: skip

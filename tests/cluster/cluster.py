@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from kubernetes import client, config
@@ -22,6 +22,9 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from tests.cluster.rig import ManagedProcess, Rig
+
+if TYPE_CHECKING:
+    from tests.cluster.node import RealNode
 
 Obj = dict[str, Any]
 Manifests = str | Path | Obj | Iterable[Obj]
@@ -74,6 +77,7 @@ class Cluster:
         kubeconfig: an admin kubeconfig (cluster-admin or system:masters).
         node_name: the node Pods run on (the rig's fake node, or a real node).
         rig: the control plane this session started, or None for --kubeconfig.
+        node: the rig's real node (--node=real), or None.
     """
 
     def __init__(self, kubeconfig: Path, work_dir: Path, rig: Rig | None = None) -> None:
@@ -83,11 +87,38 @@ class Cluster:
         self.processes: list[ManagedProcess] = []
         self._dynamic: DynamicClient | None = None
         self.node_name = rig.node_name if rig else self._first_node()
+        self.node: RealNode | None = rig.node if rig else None
+        self._test_image = ""
 
     @property
     def is_rig(self) -> bool:
-        """True when the tests started this control plane (fake kubelet, no images)."""
-        return self.rig is not None
+        """True when Pods run on the rig's fake kubelet: as local processes of
+        the checkout, images ignored, host paths shared with the tests."""
+        return self.rig is not None and self.rig.node is None
+
+    def test_image(self) -> str:
+        """An image with Python for tests of the cluster itself: on the real
+        node a small Debian image made here (imported on first use); elsewhere
+        python:3.11-slim (the fake kubelet ignores it)."""
+        if self.node is None:
+            return "python:3.11-slim"
+        if not self._test_image:
+            from tests.cluster.node import ARCHIVES
+            from tests.cluster.node_images import test_base_archive
+
+            tag, archive = test_base_archive(ARCHIVES)
+            self.node.images.import_archive(archive, tag)
+            self._test_image = tag
+        return self._test_image
+
+    def import_image(self, archive: Path, tag: str) -> str:
+        """Make a docker-archive's image runnable here (imported into the real
+        node's containerd; the fake kubelet ignores images); returns `tag`."""
+        if self.node is not None:
+            self.node.images.import_archive(archive, tag)
+        elif self.rig is None:
+            raise RuntimeError(f"cannot import {archive} into an external cluster: push {tag}")
+        return tag
 
     def api_client(self) -> client.ApiClient:
         """A new admin ApiClient for this cluster (not $KUBECONFIG)."""
@@ -253,8 +284,8 @@ class Cluster:
     def pvc_dir(self, namespace: str, claim: str) -> Path:
         """The host directory the fake kubelet mounts for a PersistentVolumeClaim
         (rig only): put input data here before a Pod mounts the claim."""
-        if self.rig is None:
-            raise RuntimeError("pvc_dir needs the rig; a real cluster has real volumes")
+        if self.rig is None or not self.is_rig:
+            raise RuntimeError("pvc_dir needs the fake kubelet; a real node has real volumes")
         path = self.rig.dir / "kubelet" / "pvcs" / namespace / claim
         path.mkdir(parents=True, exist_ok=True)
         return path

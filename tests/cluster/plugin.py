@@ -1,16 +1,26 @@
-"""pytest plugin: the `k8s_cluster` fixture and the `--kubeconfig` option.
+"""pytest plugin: the `k8s_cluster` fixture and its options.
 
 Without options the session starts the rig (tests/cluster/rig.py) the first
-time a test asks for `k8s_cluster` and stops it at the end. With
+time a test asks for `k8s_cluster` and stops it at the end; its node is the
+fake kubelet (Pods run as local processes, images ignored). `--node=real`
+gives the rig a real node instead (tests/cluster/node.py: containerd,
+kubelet, kube-proxy, kube-scheduler; Pods run their images), and
+`--node-images` builds the project's images (tests/images/build.py) and
+imports them into that node for the `project_images` fixture. With
 `--kubeconfig PATH` the tests use that cluster instead (kind, k3s, a cloud
 cluster): no fake kubelet, so its Pods run their real images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,6 +39,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="run cluster tests against this cluster instead of starting the test control plane",
     )
+    parser.addoption(
+        "--node",
+        action="store",
+        choices=("fake", "real"),
+        default=os.environ.get("KUBESLIM_TEST_NODE", "fake"),
+        help="the test control plane's node: fake (Pods as local processes, the default) or "
+        "real (containerd + kubelet; needs root, runc and the CNI plugins)",
+    )
+    parser.addoption(
+        "--node-images",
+        action="store_true",
+        default=False,
+        help="build the project's images and import them into the real node (project_images)",
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _teardown_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the session like Ctrl-C, so fixtures tear down and
+    a real node leaves nothing behind (SIGKILL leaves it to the next session)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +93,30 @@ def k8s_cluster(
         finally:
             cluster.stop_processes()
         return
-    rig = Rig(binaries_dir(), work_dir)
-    rig.start()
-    log.info("k8s rig ready in %.1f s (logs under %s)", rig.ready_s, work_dir / "logs")
-    cluster = Cluster(rig.kubeconfig, work_dir, rig)
-    try:
-        yield cluster
-    finally:
-        cluster.stop_processes()
-        rig.stop()
+    with _teardown_on_termination():
+        rig = Rig(binaries_dir(), work_dir, node=request.config.getoption("--node"))
+        rig.start()
+        log.info("k8s rig ready in %.1f s (logs under %s)", rig.ready_s, work_dir / "logs")
+        cluster = Cluster(rig.kubeconfig, work_dir, rig)
+        try:
+            yield cluster
+        finally:
+            cluster.stop_processes()
+            rig.stop()
+
+
+@pytest.fixture(scope="session")
+def project_images(request: pytest.FixtureRequest, k8s_cluster: Cluster) -> dict[str, str]:
+    """The project's images by kind (operator, runtime, trainer) -> tag, built
+    by tests/images/build.py and imported into the real node (--node-images)."""
+    if not request.config.getoption("--node-images"):
+        pytest.skip("needs the project's images: run with --node=real --node-images")
+    if k8s_cluster.node is None:
+        pytest.skip("--node-images imports into the rig's real node: add --node=real")
+    from tests.images.build import images
+
+    tags = {}
+    for kind, built in images().items():
+        k8s_cluster.node.images.import_archive(Path(built.archive), built.tag)
+        tags[kind] = built.tag
+    return tags

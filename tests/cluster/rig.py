@@ -1,12 +1,17 @@
 """The test control plane: etcd, kube-apiserver, kube-controller-manager and
-the fake kubelet, as local processes on loopback ports.
+a node, as local processes.
+
+The node is the fake kubelet (Pods run as local processes of the checkout,
+images ignored; everything on loopback ports) or, with `node="real"`, a
+real node (tests/cluster/node.py: containerd, kubelet, kube-proxy and
+kube-scheduler; the API server then listens on the node's bridge address).
 
     rig = Rig(binaries_dir(), Path("/tmp/rig"))
     rig.start()          # about 10 s once the binaries are built
     ...                  # rig.kubeconfig is an admin kubeconfig
     rig.stop()
 
-`python -m tests.cluster.rig` starts one by hand and prints its kubeconfig.
+`python -m tests.cluster.rig [real]` starts one by hand and prints its kubeconfig.
 """
 
 from __future__ import annotations
@@ -26,13 +31,18 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tests.cluster.certs import SERVICE_CLUSTER_IP_RANGE, KeyPair, Pki, make_pki
+
+if TYPE_CHECKING:
+    from tests.cluster.node import RealNode
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,15 @@ CONTROLLERS = (
     # Aggregated ClusterRoles (admin, edit, view and chart roles that extend them).
     "clusterrole-aggregation-controller",
 )
+# A real node registers with the not-ready taint, which the node lifecycle
+# controller lifts once the node is Ready; Services are routed by kube-proxy
+# from EndpointSlices; orphaned Pods are collected.
+REAL_NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "endpointslice-controller",
+    "pod-garbage-collector-controller",
+)
+NODE_KINDS = ("fake", "real")
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
 
@@ -215,10 +234,17 @@ def write_kubeconfig(path: Path, server: str, ca: Path, client: KeyPair, user: s
 class Rig:
     """Starts and stops the whole control plane under one work directory."""
 
-    def __init__(self, bin_dir: Path, work_dir: Path, node_name: str = NODE_NAME) -> None:
+    def __init__(
+        self, bin_dir: Path, work_dir: Path, node_name: str = NODE_NAME, node: str = "fake"
+    ) -> None:
+        if node not in NODE_KINDS:
+            raise ValueError(f"node: expected one of {', '.join(NODE_KINDS)}, got {node!r}")
         self.bin = bin_dir
         self.dir = work_dir
         self.node_name = node_name
+        self.node_kind = node
+        self.node: RealNode | None = None
+        self.host = "127.0.0.1"
         self.processes: dict[str, ManagedProcess] = {}
         self.kubeconfig = work_dir / "admin.kubeconfig"
         self.api_port = 0
@@ -227,15 +253,22 @@ class Rig:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     def start(self) -> None:
         """Start everything and wait until Pods can run; raises RigError."""
         begin = time.monotonic()
         atexit.register(self.stop)
         try:
-            self.pki = make_pki(self.dir / "pki")
+            if self.node_kind == "real":
+                from tests.cluster.node import NODE_IP
+
+                self.host = NODE_IP
+            real = (self.host,) if self.node_kind == "real" else ()
+            self.pki = make_pki(self.dir / "pki", node_ips=real)
             self.api_port = free_port()
+            if self.node_kind == "real":
+                self._prepare_real_node()
             write_kubeconfig(
                 self.kubeconfig, self.server, self.pki.ca.cert, self.pki.admin, "admin"
             )
@@ -252,7 +285,11 @@ class Rig:
         log.info("rig ready in %.1f s at %s", self.ready_s, self.server)
 
     def stop(self) -> None:
-        """Stop in reverse order; the kubelet kills the Pods' processes."""
+        """Stop in reverse order; the kubelet kills the Pods' processes, or the
+        real node drains its Pods while the API server still runs."""
+        if self.node is not None:
+            node, self.node = self.node, None
+            node.stop(self._delete_node_pods)
         for name in reversed(list(self.processes)):
             self.processes.pop(name).stop()
         atexit.unregister(self.stop)
@@ -302,8 +339,8 @@ class Rig:
             [
                 str(self.bin / "kube-apiserver"),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.api_port}",
                 f"--cert-dir={self.dir / 'apiserver'}",
                 f"--tls-cert-file={pki.apiserver.cert}",
@@ -343,9 +380,13 @@ class Rig:
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
+                # No HTTPS endpoint: nothing reads it, and a port picked ahead
+                # of time can be taken by someone else's connection meanwhile.
+                "--secure-port=0",
                 f"--cert-dir={self.dir / 'controller-manager'}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self._controllers())}",
+                # How soon a Ready node loses its not-ready taint (default 5 s).
+                "--node-monitor-period=1s",
                 # Each controller acts as its own ServiceAccount, as in kubeadm clusters.
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki.service_account.key}",
@@ -354,7 +395,22 @@ class Rig:
             ],
         )
 
+    def _prepare_real_node(self) -> None:
+        from tests.cluster.node import RealNode, containerd_dir
+
+        assert self.pki is not None
+        self.node = RealNode(
+            self.bin, containerd_dir(), self.dir / "logs", self.pki, self.server, self.node_name
+        )
+        self.node.create_link()
+
+    def _controllers(self) -> tuple[str, ...]:
+        return CONTROLLERS + (REAL_NODE_CONTROLLERS if self.node_kind == "real" else ())
+
     def _start_kubelet(self) -> None:
+        if self.node is not None:
+            self.node.start()
+            return
         pki = self.pki
         assert pki is not None
         config = {
@@ -405,6 +461,8 @@ class Rig:
                 raise RigError(
                     f"{name} exited with {proc.returncode}; its log ends:\n{proc.tail()}"
                 )
+        if self.node is not None:
+            self.node.check_alive()
 
     def _wait(self, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -412,8 +470,45 @@ class Rig:
             self._check_alive()
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {n}:\n{p.tail(1500)}" for n, p in self.processes.items())
+                if self.node is not None:
+                    tails += "\n" + self.node.tails()
                 raise RigError(f"timed out waiting for {what}\n{tails}")
             time.sleep(0.1)
+
+    def _request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.server + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, context=self._ssl_context(), timeout=10) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except OSError:
+            return 0, b""
+
+    def _node_pods(self) -> list[tuple[str, str]]:
+        selector = urllib.parse.quote(f"spec.nodeName={self.node_name}")
+        code, body = self._get(f"/api/v1/pods?fieldSelector={selector}")
+        if code != 200:
+            raise RigError(f"listing the node's Pods failed with HTTP {code}")
+        items = json.loads(body)["items"]
+        return [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in items]
+
+    def _delete_node_pods(self, timeout: float = 60.0) -> None:
+        """Delete every Pod bound to the node and wait until the kubelet has
+        stopped them and released their volumes (it deletes the Pod object last)."""
+        deadline = time.monotonic() + timeout
+        while pods := self._node_pods():
+            for namespace, name in pods:
+                self._request(
+                    "DELETE",
+                    f"/api/v1/namespaces/{namespace}/pods/{name}",
+                    {"gracePeriodSeconds": 1},
+                )
+            if time.monotonic() > deadline:
+                raise RigError(f"{len(pods)} Pods still on the node after {timeout:g} s")
+            time.sleep(0.5)
 
     def _wait_api(self, path: str) -> None:
         self._wait(f"GET {path}", lambda: self._get(path)[0] == 200)
@@ -426,12 +521,18 @@ class Rig:
             code, body = self._get(f"/api/v1/nodes/{self.node_name}")
             if code != 200:
                 return False
-            conditions = json.loads(body).get("status", {}).get("conditions", [])
+            node = json.loads(body)
+            conditions = node.get("status", {}).get("conditions", [])
             if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return False
+            # A real node's not-ready taint (set by admission) keeps the
+            # scheduler away until the node lifecycle controller lifts it.
+            if self.node is not None and node.get("spec", {}).get("taints"):
                 return False
             return (
                 self._get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
                 and self._get("/api/v1/namespaces/default/configmaps/kube-root-ca.crt")[0] == 200
+                and (self.node is None or self.node.service_routes_ready())
             )
 
         self._wait("the node, the default ServiceAccount and kube-root-ca.crt", ready)
@@ -443,7 +544,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = Path(tempfile.mkdtemp(prefix="kubeslim-rig-"))
-    rig = Rig(binaries_dir(), work)
+    rig = Rig(binaries_dir(), work, node=sys.argv[1] if len(sys.argv) > 1 else "fake")
     rig.start()
     print(f"ready in {rig.ready_s:.1f} s; export KUBECONFIG={rig.kubeconfig}", flush=True)
     signals = {signal.SIGINT, signal.SIGTERM}
