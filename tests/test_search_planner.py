@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from kubeslim.api.manifest import parse_spec
 from kubeslim.api.spec import SearchSpec
 from kubeslim.api.status import SearchOutcome
+from kubeslim.errors import SpecError
 from kubeslim.planner.search import (
     Measured,
     candidate,
@@ -113,3 +115,16 @@ def test_candidate_names_are_stable_and_parse_back() -> None:
 def test_bad_search_specs_name_the_problem(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         SearchSpec.model_validate(fields)
+
+
+def test_a_search_without_pruning_or_int8_is_refused_in_one_line() -> None:
+    body = {
+        "model": {"architecture": "resnet18", "numClasses": 10},
+        "dataset": {"name": "digits"},
+        "quantization": {"enabled": False},
+        "search": {"targets": [0.3], "maxAccuracyDrop": 0.01},
+    }
+    with pytest.raises(SpecError) as err:
+        parse_spec(body)
+    assert "search needs pruning.enabled and quantization.enabled" in str(err.value)
+    assert "\n" not in str(err.value)
