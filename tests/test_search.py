@@ -53,7 +53,15 @@ def select_result(tmp: Path) -> dict[str, Any]:
 def three_targets(baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("search-three")
     spec = search_manifest(
-        tmp, baseline, {"targets": [0.3, 0.5, 0.7], "maxAccuracyDrop": 0.03, "parallelism": 2}
+        tmp,
+        baseline,
+        {
+            "targets": [0.3, 0.5, 0.7],
+            "maxAccuracyDrop": 0.03,
+            "parallelism": 2,
+            "rounds": 1,
+            "candidatesPerRound": 1,
+        },
     )
     run = kubeslim("run", str(spec))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -67,7 +75,16 @@ def test_search_selects_the_fastest_candidate_within_budget(
     result = select_result(tmp)
     m = result["metrics"]
     rows = {r["name"]: r for r in result["details"]["candidates"]}
-    assert set(rows) == {"t3000", "t5000", "t7000"}
+    first = {n for n, r in rows.items() if r["round"] == 0}
+    assert first == {"t3000", "t5000", "t7000"}
+    # one refinement round, between the deepest target within budget and the
+    # shallowest outside it (when the first round has both)
+    inside = [rows[n]["target"] for n in first if rows[n]["withinBudget"]]
+    outside = [rows[n]["target"] for n in first if not rows[n]["withinBudget"]]
+    refined = [r["target"] for r in rows.values() if r["round"] == 1]
+    if inside and outside and max(inside) < min(outside):
+        assert len(refined) == 1 and max(inside) < refined[0] < min(outside)
+    assert set(rows) == first | {n for n, r in rows.items() if r["round"] == 1}
     assert all(r["state"] == "Measured" for r in rows.values())
     assert m["outcome"] == "Selected", m["message"]
     chosen = rows[m["chosen"]]
