@@ -327,3 +327,39 @@ def test_import_image_makes_a_docker_archive_runnable(cluster: Cluster, namespac
         cluster.node.images.remove_image(retagged)
         copy.unlink(missing_ok=True)
         subprocess.run(["podman", "rmi", retagged], capture_output=True)
+
+
+def test_project_images_run_their_entry_point_restricted(
+    cluster: Cluster, namespace: str, project_images: dict[str, str]
+) -> None:
+    """Each image built by tests/images/build.py, imported from its
+    docker-archive, runs its entry point (`kubeslim --help`) as the image's
+    non-root user with a read-only root filesystem (--node-images=KINDS)."""
+    for kind, tag in project_images.items():
+        container = {
+            "name": "main",
+            "image": tag,
+            "imagePullPolicy": "Never",
+            "args": ["--help"],
+            "securityContext": {
+                "readOnlyRootFilesystem": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }
+        spec = {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        }
+        cluster.apply(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": kind}, "spec": spec},
+            namespace=namespace,
+        )
+    for kind in project_images:
+        done = finished(cluster, namespace, kind)
+        log = cluster.pod_log(namespace, kind)
+        assert done.status.phase == "Succeeded", f"{kind}: {log}"
+        assert "usage: kubeslim" in log, f"{kind}: {log}"

@@ -311,6 +311,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
                 f"--cert-dir={root / 'pki'}",
                 f"--node-ip={NODE_IP}",
                 f"--hostname-override={self.node_name}",
+                # Keep a restarted container's previous instance after its Pod
+                # ends, for `logs --previous` (the default collects it at once).
+                "--minimum-container-ttl-duration=10m",
                 "--v=1",
             ],
         )

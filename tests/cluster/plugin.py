@@ -5,8 +5,9 @@ time a test asks for `k8s_cluster` and stops it at the end; its node is the
 fake kubelet (Pods run as local processes, images ignored). `--node=real`
 gives the rig a real node instead (tests/cluster/node.py: containerd,
 kubelet, kube-proxy, kube-scheduler; Pods run their images), and
-`--node-images` builds the project's images (tests/images/build.py) and
-imports them into that node for the `project_images` fixture. With
+`--node-images=operator,runtime` builds those of the project's images
+(tests/images/build.py) and imports them into that node for the
+`project_images` fixture. With
 `--kubeconfig PATH` the tests use that cluster instead (kind, k3s, a cloud
 cluster): no fake kubelet, so its Pods run their real images.
 """
@@ -49,9 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addoption(
         "--node-images",
-        action="store_true",
-        default=False,
-        help="build the project's images and import them into the real node (project_images)",
+        action="store",
+        default="",
+        metavar="KINDS",
+        help="build these of the project's images (comma-separated: operator,runtime,trainer; "
+        "'all' for the three) and import them into the real node (the project_images fixture)",
     )
 
 
@@ -108,15 +111,18 @@ def k8s_cluster(
 @pytest.fixture(scope="session")
 def project_images(request: pytest.FixtureRequest, k8s_cluster: Cluster) -> dict[str, str]:
     """The project's images by kind (operator, runtime, trainer) -> tag, built
-    by tests/images/build.py and imported into the real node (--node-images)."""
-    if not request.config.getoption("--node-images"):
-        pytest.skip("needs the project's images: run with --node=real --node-images")
+    by tests/images/build.py (cached by input hash) and imported into the real
+    node: those named by --node-images."""
+    option = str(request.config.getoption("--node-images"))
+    if not option:
+        pytest.skip("needs the project's images: run with --node=real --node-images=KINDS")
     if k8s_cluster.node is None:
         pytest.skip("--node-images imports into the rig's real node: add --node=real")
-    from tests.images.build import images
+    from tests.images.build import DEFAULT_KINDS, images
 
+    kinds = DEFAULT_KINDS if option == "all" else tuple(option.split(","))
     tags = {}
-    for kind, built in images().items():
+    for kind, built in images(kinds).items():
         k8s_cluster.node.images.import_archive(Path(built.archive), built.tag)
         tags[kind] = built.tag
     return tags
