@@ -69,6 +69,10 @@ def run_search(
             pending = [candidate_from_name(n) for n in metrics.get("nextRound", [])]
     result = StageResult.model_validate(store.read_json(SELECT_RESULT))
     print_candidates(result, Console())
+    report = result.outputs.get("report")
+    if report:
+        # results name outputs by key below the root (older ones by full URI)
+        Console().print(f"report: {report if '://' in report else store.uri(report)}")
     return 0 if result.metrics.get("chosen") else EXIT_NO_CANDIDATE
 
 
