@@ -1,13 +1,18 @@
 """Wall time of a 4-candidate search with parallelism 1, 2 and 4, as ratios.
 
-Locally (`kubeslim run`, candidates as processes): the compact CNN on scikit-learn's
-digits, trained once and cached in the benchmark work dir. Each run starts from an
-empty artifacts dir, so nothing is reused between parallelism settings. Locally
-the number of cores caps parallelism (executors/search.py), so on a 2-core machine
-parallelism 4 runs two candidates at once, as 2 does; the result file records
-the effective number.
+The compact CNN on scikit-learn's digits, trained once and cached in the benchmark
+work dir; each run starts from an empty artifacts dir, so nothing is reused between
+parallelism settings.
 
-    .venv/bin/python -m benchmarks.search_parallelism [--parallelism 1 2 4]
+- local (default): `kubeslim run`, candidates as processes. The number of cores caps
+  parallelism (executors/search.py), so on a 2-core machine parallelism 4 runs two
+  candidates at once, as 2 does; the result file records the effective number.
+- `--cluster`: the test control plane of tests/cluster/rig.py (its kubelet runs each
+  Pod as local processes), the operator with the real `kubeslim stage` as the stage
+  command; wall time from apply to Succeeded. No core cap: parallelism 4 runs four
+  candidate Jobs at once on the same cores.
+
+    .venv/bin/python -m benchmarks.search_parallelism [--parallelism 1 2 4] [--cluster]
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def kubeslim(*args: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallelism", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--cluster", action="store_true", help="through the operator")
     args = parser.parse_args()
     work = WORK / "search-parallelism"
     work.mkdir(parents=True, exist_ok=True)
@@ -72,6 +78,18 @@ def main() -> int:
     first = work / "search.yaml"
     first.write_text(yaml.safe_dump(spec(ckpt, work / "artifacts", 1)))
     kubeslim("train", str(first), "--epochs", "4", "--lr", "0.05", "--if-missing")
+    rows = on_cluster(work, ckpt, args.parallelism) if args.cluster else local(work, ckpt, args)
+    base = rows[0]["wallSeconds"]
+    for row in rows:
+        row["speedupOverFirst"] = round(base / row["wallSeconds"], 2)
+    where = "test cluster (tests/cluster/rig.py)" if args.cluster else "local (kubeslim run)"
+    name = "search_parallelism_cluster" if args.cluster else "search_parallelism"
+    save(name, {**header(), "where": where, "cores": os.cpu_count(), "candidates": len(TARGETS),
+                "runs": rows})  # fmt: skip
+    return 0
+
+
+def local(work: Path, ckpt: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for p in args.parallelism:
         artifacts = work / f"artifacts-p{p}"
@@ -84,13 +102,68 @@ def main() -> int:
         search = SearchSpec(targets=TARGETS, max_accuracy_drop=0.03, parallelism=p)
         rows.append({"parallelism": p, "effective": workers(search), "wallSeconds": round(wall, 1)})
         print(f"parallelism {p}: {wall:.1f} s", file=sys.stderr)
-    base = rows[0]["wallSeconds"]
-    for row in rows:
-        row["speedupOverFirst"] = round(base / row["wallSeconds"], 2)
-    save("search_parallelism", {**header(), "where": "local (kubeslim run)",
-                                "cores": os.cpu_count(), "candidates": len(TARGETS),
-                                "runs": rows})  # fmt: skip
-    return 0
+    return rows
+
+
+def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str, Any]]:
+    """Each setting as one ModelOptimization through the operator, one after another."""
+    from kubernetes import client
+    from tests.cluster.cluster import Cluster
+    from tests.cluster.rig import Rig, binaries_dir
+
+    root = Path(__file__).resolve().parent.parent
+    rig = Rig(binaries_dir(), work / "rig")
+    rig.start()
+    try:
+        cluster = Cluster(rig.kubeconfig, work / "rig", rig)
+        cluster.apply(root / "crds" / "modeloptimizations.kubeslim.dev.yaml")
+        cluster.wait_crd_established("modeloptimizations.kubeslim.dev")
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
+        custom = client.CustomObjectsApi(cluster.api_client())
+        stage = str(Path(sys.executable).parent / "kubeslim")
+        operator = cluster.start_process(
+            [sys.executable, "-m", "kubeslim", "operator", "--namespace", "bench"],
+            env={
+                "KUBESLIM_STAGE_COMMAND": stage,
+                "KUBESLIM_MAX_CONCURRENT": "0",
+                "PYTHONUNBUFFERED": "1",
+            },
+            name="kubeslim-operator",
+        )
+        operator.wait_for_output("watching bench", timeout=60)
+        rows = []
+        for p in parallelism:
+            artifacts = work / f"cluster-artifacts-p{p}"
+            shutil.rmtree(artifacts, ignore_errors=True)
+            body = spec(ckpt, artifacts, p)
+            body["metadata"] = {"name": f"search-p{p}", "namespace": "bench"}
+            body["spec"]["execution"] = {"backoffLimit": 0}
+            started = time.monotonic()
+            custom.create_namespaced_custom_object(
+                "kubeslim.dev", "v1alpha1", "bench", "modeloptimizations", body
+            )
+            state = wait_done(custom, f"search-p{p}")
+            wall = time.monotonic() - started
+            if state != "Succeeded":
+                raise SystemExit(f"search-p{p} ended {state}:\n{operator.tail(3000)}")
+            rows.append({"parallelism": p, "effective": p, "wallSeconds": round(wall, 1)})
+            print(f"cluster, parallelism {p}: {wall:.1f} s", file=sys.stderr)
+        return rows
+    finally:
+        rig.stop()
+
+
+def wait_done(custom: Any, name: str, timeout: float = 3600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = custom.get_namespaced_custom_object(
+            "kubeslim.dev", "v1alpha1", "bench", "modeloptimizations", name
+        )
+        state = str((obj.get("status") or {}).get("state", ""))
+        if state in ("Succeeded", "Failed"):
+            return state
+        time.sleep(2)
+    return "TimedOut"
 
 
 if __name__ == "__main__":
