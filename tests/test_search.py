@@ -32,11 +32,11 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ckpt
 
 
-def search_manifest(tmp: Path, ckpt: Path, search: dict[str, Any], **over: Any) -> Path:
+def search_manifest(tmp: Path, ckpt: Path | None, search: dict[str, Any], **over: Any) -> Path:
     sections = {**SEARCH_SPEC, **over}
     doc = manifest(
         "digits-search",
-        model={"checkpoint": str(ckpt)},
+        model={"checkpoint": str(ckpt)} if ckpt else {},
         search=search,
         artifacts={"uri": str(tmp / "artifacts")},
         **sections,
@@ -141,3 +141,17 @@ def test_a_budget_no_candidate_meets_names_the_closest(baseline: Path, tmp_path:
     assert m["chosen"] is None and m["closest"] in {"t8000", "t9000"}
     assert f"closest is {m['closest']}" in run.stdout + run.stderr
     assert not (tmp_path / "artifacts" / "selected" / "model.xml").exists()
+
+
+def test_select_when_every_candidate_failed_says_so(tmp_path: Path) -> None:
+    spec = search_manifest(tmp_path, None, {"targets": [0.3, 0.5], "maxAccuracyDrop": 0.01})
+    for name in ("t3000", "t5000"):
+        folder = tmp_path / "artifacts" / "candidates" / name
+        folder.mkdir(parents=True)
+        (folder / "failed.json").write_text(json.dumps({"stage": "prune", "error": "error: x"}))
+    run = kubeslim("stage", "select", "--manifest", str(spec), "--progress", "none")
+    assert run.returncode == 0, run.stderr[-2000:]
+    m = select_result(tmp_path)["metrics"]
+    assert m["outcome"] == "NoCandidateWithinBudget" and m["closest"] is None
+    assert m["message"] == "no candidate within 1.00 points: every candidate failed"
+    assert [c["state"] for c in m["candidates"]] == ["Failed", "Failed"]

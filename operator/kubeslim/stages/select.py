@@ -228,7 +228,10 @@ class _Bench:
         return rows
 
     def baseline(self) -> dict[str, Any]:
-        """The original FP32 IR as first measured in this search (accuracy, speed, size)."""
+        """The original FP32 IR as first measured in this search (accuracy, speed, size);
+        empty while no candidate finished (every one failed)."""
+        if not self.ctx.store.exists(self._baseline_key):
+            return {}
         return dict(self.ctx.store.read_json(self._baseline_key))
 
     def _sub(self, name: str) -> StageContext:
@@ -240,6 +243,8 @@ class _Bench:
 
     def candidates(self, cands: list[Candidate]) -> list[dict[str, Any]]:
         """One row per finished candidate, measuring those not measured before."""
+        if not cands:
+            return []
         store = self.ctx.store
         keys = {c.name: self._key(c) for c in cands}
         todo = [c for c in cands if not store.exists(keys[c.name])]
