@@ -155,3 +155,11 @@ def test_select_when_every_candidate_failed_says_so(tmp_path: Path) -> None:
     assert m["outcome"] == "NoCandidateWithinBudget" and m["closest"] is None
     assert m["message"] == "no candidate within 1.00 points: every candidate failed"
     assert [c["state"] for c in m["candidates"]] == ["Failed", "Failed"]
+
+
+def test_report_command_writes_the_page(three_targets: tuple[Path, str]) -> None:
+    tmp, _ = three_targets
+    out = tmp / "written.html"
+    run = kubeslim("report", str(tmp / "search.yaml"), "--output", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == str(out) and out.read_text().count("<svg") == 3
