@@ -311,9 +311,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
                 f"--cert-dir={root / 'pki'}",
                 f"--node-ip={NODE_IP}",
                 f"--hostname-override={self.node_name}",
-                # Keep a restarted container's previous instance after its Pod
-                # ends, for `logs --previous` (the default collects it at once).
-                "--minimum-container-ttl-duration=10m",
+                # Keep a restarted container's previous instance once the last
+                # one has ended too, for `logs --previous` (the default keeps one
+                # dead instance per container and removes the older at once).
+                "--maximum-dead-containers-per-container=2",
                 "--v=1",
             ],
         )
