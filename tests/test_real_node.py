@@ -50,10 +50,8 @@ def cluster(k8s_cluster: Cluster) -> Cluster:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"node-{secrets.token_hex(3)}"
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    client.CoreV1Api(cluster.api_client()).delete_namespace(name)
+    with cluster.scratch_namespace("node") as name:
+        yield name
 
 
 def pod(name: str, image: str, script: str, **spec: Any) -> dict[str, Any]:

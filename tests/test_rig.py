@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
 import threading
 from collections.abc import Iterator
@@ -75,10 +74,8 @@ def widget_crd(k8s_cluster: Cluster) -> None:
 
 @pytest.fixture
 def namespace(k8s_cluster: Cluster) -> Iterator[str]:
-    name = f"rig-{secrets.token_hex(3)}"
-    k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    client.CoreV1Api(k8s_cluster.api_client()).delete_namespace(name)
+    with k8s_cluster.scratch_namespace("rig") as name:
+        yield name
 
 
 def job(name: str, script: str, backoff_limit: int = 0, **pod_spec: Any) -> dict[str, Any]:

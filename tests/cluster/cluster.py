@@ -6,12 +6,14 @@ The same object wraps the rig the tests start and a real cluster given by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +183,16 @@ class Cluster:
 
         wait_for(f"CRD {name} Established", established, timeout)
         self.dynamic.resources.invalidate_cache()
+
+    @contextlib.contextmanager
+    def scratch_namespace(self, prefix: str) -> Iterator[str]:
+        """A new namespace `prefix-xxxxxx` (ready for Pods), deleted afterwards."""
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        try:
+            yield name
+        finally:
+            client.CoreV1Api(self.api_client()).delete_namespace(name)
 
     def _wait_default_service_account(self, namespace: str) -> None:
         core = client.CoreV1Api(self.api_client())
