@@ -44,9 +44,9 @@ def _prune(
     spec = PruningSpec.model_validate(
         {
             "target": target,
-            "schedule": {"steps": 2},
+            "schedule": extra.pop("schedule", {"steps": 2}),
             "fineTune": {
-                "epochs": 1 if train_steps else 0,
+                "epochs": 3 if train_steps else 0,
                 "maxStepsPerEpoch": train_steps or None,
                 "learningRate": 0.01,
             },
@@ -201,14 +201,18 @@ def test_pruned_model_reloads_from_weights_and_history(tmp_path: object) -> None
         assert torch.equal(again(x), pruned.eval()(x))
 
 
-def test_criteria_are_distinct() -> None:
+def test_criteria_rank_differently() -> None:
     from kubeslim.pruning.importance import importance_for
 
-    kinds = {
-        type(importance_for(c)).__name__ + str(getattr(importance_for(c), "p", ""))
+    torch.manual_seed(0)
+    model = CompactResNet(10, 1).eval()
+    graph = build_graph(model, torch.randn(1, 1, 28, 28), [model.fc])
+    group = graph.groups[0]
+    ranks = {
+        tuple(torch.argsort(importance_for(c)(group.group(list(range(group.channels))))).tolist())  # type: ignore[arg-type]
         for c in Criterion
     }
-    assert len(kinds) == 3
+    assert len(ranks) == 3
 
 
 @pytest.mark.parametrize("arch", ["regnet_y_400mf", "efficientnet_b0"])
@@ -238,7 +242,66 @@ def test_convnext_prunes_and_runs() -> None:
     assert report.flops_after < 0.8 * report.flops_before  # type: ignore[attr-defined]
 
 
-def test_untraceable_architecture_is_a_clear_error() -> None:
-    model = build_model(ModelSpec(architecture="shufflenet_v2_x1_0", num_classes=10))
-    with pytest.raises(SpecError, match=r"spec\.model: cannot be pruned.*pruning\.enabled: false"):
-        build_graph(model, torch.randn(1, 3, 64, 64), [model.fc])
+def test_shufflenet_prunes_its_provably_independent_groups(tmp_path: object) -> None:
+    """torch-pruning cannot trace the channel shuffle: the blocks' inner channels
+    (conv -> depthwise -> conv, inside one branch) are pruned, the rest kept."""
+    torch.manual_seed(0)
+    spec = ModelSpec(architecture="shufflenet_v2_x0_5", num_classes=10, input_shape=[3, 64, 64])
+    model = build_model(spec)
+    _randomize_bn(model)
+    x = torch.randn(2, 3, 64, 64)
+    graph = build_graph(model, x, [model.fc])
+    assert graph.partial and graph.groups
+    assert all(".branch2." in g.root_name for g in graph.groups)  # inner widths only
+    pruned, report, soft = _prune(model, x, {"filterRate": 0.5}, train_steps=2)
+    with torch.no_grad():
+        assert torch.allclose(pruned.eval()(x), soft, atol=1e-4, rtol=1e-4)
+    cut = [row for row in report.layers if row["kept"] < row["total"]]  # type: ignore[attr-defined]
+    assert len(cut) >= 10
+    assert report.flops_after < 0.9 * report.flops_before  # type: ignore[attr-defined]
+    path = tmp_path / "pruned.pt"  # type: ignore[operator]
+    save_pruned(pruned, report.history, path)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        assert torch.equal(load_pruned(spec, path)(x), pruned.eval()(x))
+
+
+def test_soft_filter_pruning_lets_a_masked_filter_come_back() -> None:
+    """SFP: a filter zeroed at one selection keeps training and can win its place
+    back; BN is left alone and the momentum of zeroed filters is cleared."""
+    torch.manual_seed(0)
+    model = CompactResNet(10, 1).eval()
+    x = torch.randn(1, 1, 28, 28)
+    spec = PruningSpec.model_validate({"target": {"filterRate": 0.5}, "masking": "soft"})
+    pruner = Pruner(spec, Reporter("none"))
+    graph = build_graph(model, x, [model.fc])
+    masks = masks_module.SoftMasks(graph)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(x).sum().backward()
+    opt.step()  # momentum buffers exist
+    stem = next(g for g in graph.groups if g.root_name == "stem.0")
+    pruner._mask_step(graph, masks, 0.4, hard=False, optimizer=opt)
+    first = masks.masked[stem.index]
+    assert first
+    conv, bn = model.stem[0], model.stem[1]
+    assert conv.weight[first].abs().sum() == 0  # the filters are zeroed
+    assert opt.state[conv.weight]["momentum_buffer"][first].abs().sum() == 0
+    assert bn.weight[first].abs().min() > 0  # BN is not: the filter can come back
+    masks.apply()  # soft masks are not re-applied after optimizer steps
+    with torch.no_grad():  # as if training had made the zeroed filters matter most
+        for layer in (conv, model.layer1.conv2[0]):  # both layers writing the stem's channels
+            layer.weight[first] = torch.randn_like(layer.weight[first]) * 10
+    pruner._mask_step(graph, masks, 0.4, hard=False, optimizer=opt)
+    assert not set(first) & set(masks.masked[stem.index])
+
+
+def test_soft_masking_ends_with_a_model_equal_to_its_removal() -> None:
+    torch.manual_seed(0)
+    model = CompactResNet(10, 1)
+    _randomize_bn(model)
+    x = torch.randn(2, 1, 28, 28)
+    pruned, report, soft = _prune(
+        model, x, {"filterRate": 0.5}, train_steps=2, masking="soft", schedule={"steps": 3}
+    )
+    with torch.no_grad():
+        assert torch.allclose(pruned.eval()(x), soft, atol=1e-5)
+    assert report.flops_after < 0.3 * report.flops_before  # type: ignore[attr-defined]

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from kubeslim.api.spec import ModelSpec
 from kubeslim.errors import SpecError
 from kubeslim.models.zoo import build_model
+from kubeslim.pruning.graph import replay
 
 
 def save_pruned(model: nn.Module, history: list[Any], path: Path) -> None:
@@ -26,9 +26,6 @@ def load_pruned(spec: ModelSpec, path: Path) -> nn.Module:
     if not isinstance(saved, dict) or "pruning_history" not in saved:
         raise SpecError("prune output", f"{path} is not a kubeslim pruned model")
     model = build_model(spec).eval()
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=torch.zeros(1, *spec.input_shape)
-    )
-    graph.load_pruning_history(saved["pruning_history"])
+    replay(model, torch.zeros(1, *spec.input_shape), saved["pruning_history"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
