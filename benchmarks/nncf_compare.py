@@ -46,7 +46,7 @@ def remove_zeroed(model: nn.Module, example: torch.Tensor) -> int:
         norms = root.weight.detach().abs().flatten(1).sum(dim=1)
         idxs = torch.nonzero(norms == 0).flatten().tolist()
         if idxs and len(idxs) < root.out_channels:
-            g.group(graph.graph, idxs).prune()
+            g.group(idxs).prune()
             removed += len(idxs)
     return removed
 

@@ -164,11 +164,78 @@ def train(seed: int) -> dict[str, Any]:
     return report
 
 
+def train_ablation(seed: int, budget_name: str, kd: bool, model_name: str) -> dict[str, Any]:
+    """NNCF 2.19 at benchmarks/pruning_ablation.py's budget, baseline and data, in
+    kubeslim's own training loop (train_epoch, optional distillation)."""
+    import copy
+
+    import nncf
+    from nncf import NNCFConfig
+    from nncf.torch import create_compressed_model
+
+    from benchmarks.pruning_ablation import BUDGETS, data, work_dir
+    from benchmarks.pruning_ablation import model_spec as ablation_model
+    from kubeslim.models.training import train_epoch
+    from kubeslim.progress import Reporter
+
+    b = BUDGETS[budget_name]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint = work_dir(budget_name, model_name) / "baseline.pt"
+    model = load_model(ablation_model(checkpoint, model_name)).to(device)
+    teacher = copy.deepcopy(model).eval() if kd else None
+    train_split, test, pre = data(b, seed)
+    torch.manual_seed(seed)
+    batches = loader(train_split, b["batch"], shuffle=True, seed=seed)
+    started = time.monotonic()
+    ctrl, model = create_compressed_model(model, NNCFConfig.from_dict(nncf_config(b["epochs"])))
+    ft = FineTune(epochs=b["epochs"], batch_size=b["batch"], learning_rate=0.02, step_size=1)
+    opt, sched = make_optimizer(model, ft)
+    levels = []
+    for _epoch in range(ft.epochs):
+        ctrl.scheduler.epoch_step()
+        levels.append(round(float(ctrl.compression_rate), 4))
+        train_epoch(
+            model,
+            batches,
+            pre,
+            opt,
+            device,
+            Reporter("none"),
+            after_step=ctrl.scheduler.step,
+            teacher=teacher,
+            distillation=0.5 if kd else 0.0,
+            max_steps=b["maxSteps"],
+        )
+        sched.step()
+    flops_reduction = float(1 - ctrl.current_flops / ctrl.full_flops)
+    model = ctrl.strip_model(model)
+    wall = time.monotonic() - started
+    report = {
+        "seed": seed,
+        "distillation": 0.5 if kd else 0.0,
+        "nncf": nncf.__version__,
+        "config": nncf_config(b["epochs"]),
+        "accuracyAfterTorch": round(
+            evaluate(model, loader(test, 256), pre, torch.device("cpu")), 5
+        ),
+        "nncfFlopsReduction": round(flops_reduction, 4),
+        "levelPerEpoch": levels,
+        "pruneAndFineTuneSeconds": round(wall, 1),
+    }
+    out = work_dir(budget_name, model_name) / "nncf219" / f"{'kd-' if kd else ''}seed{seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="phase", required=True)
     t = sub.add_parser("train", help="NNCF 2.19 pruning + fine-tuning (NNCF venv)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--ablation", help="a pruning_ablation budget: run at its budget instead")
+    t.add_argument("--kd", action="store_true", help="with --ablation: distillation 0.5")
+    t.add_argument("--model", default="compact", help="with --ablation: its model")
     c = sub.add_parser("compare", help="removal, IR, INT8, accuracy, timing (project venv)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--seconds", type=float, default=1.0)
@@ -176,6 +243,10 @@ def main() -> int:
     c.add_argument("--configs", nargs="+", default=list(KUBESLIM_CONFIGS))
     c.add_argument("--output", default="nncf_legacy")
     args = parser.parse_args()
+    if args.phase == "train" and args.ablation:
+        torch.set_num_threads(1)
+        print(json.dumps(train_ablation(args.seed, args.ablation, args.kd, args.model), indent=2))
+        return 0
     if args.phase == "train":
         print(json.dumps(train(args.seed), indent=2))
         return 0
