@@ -194,14 +194,18 @@ def _module_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, t
         if module not in seen and len(args) == 1 and isinstance(args[0], torch.Tensor):
             seen[module] = args[0].detach().clone()
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    _run_hooked(model, example, [m.register_forward_pre_hook(hook) for m in model.modules()])
+    return seen
+
+
+def _run_hooked(model: nn.Module, example: torch.Tensor, handles: list[Any]) -> None:
+    """One eval forward pass of one image, then the hooks are removed."""
     try:
         with torch.no_grad():
             model.eval()(example[:1])
     finally:
         for h in handles:
             h.remove()
-    return seen
 
 
 def _trace_pieces(
@@ -328,12 +332,7 @@ def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
             macs[module] = module.in_features * module.out_features
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, example, handles)
     return macs
 
 
