@@ -300,6 +300,26 @@ def test_pod_reaches_the_api_server_through_the_kubernetes_service(
     assert log == "10.0.0.1 v1.36.3\n"
 
 
+def test_pvc_dir_is_shared_between_the_test_and_non_root_pods(
+    cluster: Cluster, namespace: str
+) -> None:
+    """Cluster.pvc_dir on the real node: a claim bound to a hostPath volume
+    that the test fills and a Pod running as 10001 reads and writes."""
+    shared = cluster.pvc_dir(namespace, "data")
+    (shared / "input.txt").write_text("from the test")
+    script = "print(open('/data/input.txt').read()); open('/data/output.txt', 'w').write('pod')"
+    spec = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": NONROOT},
+        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+    }
+    cluster.apply(pod("reader", cluster.test_image(), script, **spec), namespace=namespace)
+
+    assert finished(cluster, namespace, "reader").status.phase == "Succeeded"
+    assert cluster.pod_log(namespace, "reader") == "from the test\n"
+    assert (shared / "output.txt").read_text() == "pod"
+
+
 def test_import_image_makes_a_docker_archive_runnable(cluster: Cluster, namespace: str) -> None:
     """The path the project's images take: a docker-archive imported into the
     node's containerd, then run with imagePullPolicy Never."""

@@ -294,12 +294,21 @@ class Cluster:
         return entry
 
     def pvc_dir(self, namespace: str, claim: str) -> Path:
-        """The host directory the fake kubelet mounts for a PersistentVolumeClaim
-        (rig only): put input data here before a Pod mounts the claim."""
-        if self.rig is None or not self.is_rig:
-            raise RuntimeError("pvc_dir needs the fake kubelet; a real node has real volumes")
-        path = self.rig.dir / "kubelet" / "pvcs" / namespace / claim
+        """The host directory behind a PersistentVolumeClaim that Pods mount:
+        put input data here before a Pod mounts the claim. The fake kubelet
+        mounts it for any claim of that name; on the real node the claim
+        (created if missing) is bound to a hostPath PersistentVolume on it,
+        writable by any user (stage images run as 10001)."""
+        if self.rig is None:
+            raise RuntimeError("pvc_dir needs the rig; a real cluster has real volumes")
+        if self.is_rig:
+            path = self.rig.dir / "kubelet" / "pvcs" / namespace / claim
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        path = self.rig.dir / "pvcs" / namespace / claim
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)
+        self.apply(_host_volume(namespace, claim, path))
         return path
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -338,6 +347,38 @@ class Cluster:
     def stop_processes(self) -> None:
         for proc in self.processes:
             proc.stop()
+
+
+def _host_volume(namespace: str, claim: str, path: Path) -> list[Obj]:
+    """A claim and a hostPath PersistentVolume bound to it ahead of time
+    (no storage class: the rig has no provisioner)."""
+    modes = ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"]
+    name = f"{namespace}-{claim}"
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Ti"},
+            "accessModes": modes,
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(path), "type": "Directory"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": name,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    return [volume, pvc]
 
 
 def _named(items: list[Obj], name: str) -> Obj:

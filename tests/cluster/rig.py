@@ -74,6 +74,8 @@ REAL_NODE_CONTROLLERS = (
     "node-lifecycle-controller",
     "endpointslice-controller",
     "pod-garbage-collector-controller",
+    # Cluster.pvc_dir binds claims to hostPath volumes.
+    "persistentvolume-binder-controller",
 )
 NODE_KINDS = ("fake", "real")
 START_TIMEOUT_S = 90.0
