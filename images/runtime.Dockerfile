@@ -39,7 +39,8 @@ RUN apt-get update \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kubeslim \
        --shell /usr/sbin/nologin kubeslim
 COPY --from=builder /opt/venv /opt/venv
-# The root filesystem may be read-only: caches go to /tmp (an emptyDir in stage Pods).
+# The root filesystem may be read-only (stage Pods set HOME and TMPDIR to their scratch
+# volume): matplotlib, which the search report uses, keeps its cache under /tmp.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/kubeslim MPLCONFIGDIR=/tmp/matplotlib
 WORKDIR /home/kubeslim

@@ -56,9 +56,8 @@ RUN apt-get update \
 COPY --from=builder /opt/venv /opt/venv
 # What the NVIDIA container toolkit reads (as nvidia/cuda images set it): all GPUs the
 # Pod was given, compute only, and a driver new enough for the wheels' CUDA.
-# The root filesystem may be read-only: caches go to /tmp (an emptyDir in stage Pods).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/kubeslim MPLCONFIGDIR=/tmp/matplotlib \
+    HOME=/home/kubeslim \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA=${CUDA_REQUIREMENT}
 WORKDIR /home/kubeslim

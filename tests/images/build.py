@@ -14,6 +14,7 @@ Kubernetes node imports with `ctr -n k8s.io images import ARCHIVE`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,8 +113,34 @@ def image_id(ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+_lock_depth = 0
+
+
+@contextmanager
+def build_lock() -> Iterator[None]:
+    """One builder at a time across processes (test sessions, `make images`): two would
+    build the same image twice and remove each other's older builds."""
+    global _lock_depth
+    if _lock_depth:
+        yield
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "build.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+
+
 def base_image() -> str:
     """The Debian base, made with mmdebstrap once and kept in podman and as a tarball."""
+    with build_lock():
+        return _base_image()
+
+
+def _base_image() -> str:
     key = hashlib.sha256(f"{BASE_SUITE} {sorted(BASE_PACKAGES)}".encode()).hexdigest()[:12]
     tag = f"{REPOSITORY}/debian-base:{BASE_SUITE}-{key}"
     if image_id(tag):
@@ -184,6 +213,11 @@ def archive_path(ref: str) -> Path:
 
 def build(kind: str) -> BuiltImage:
     """Build (or find) the image of `kind` and its docker-archive."""
+    with build_lock():
+        return _build(kind)
+
+
+def _build(kind: str) -> BuiltImage:
     flavour = FLAVOURS[kind]
     base = base_image()
     ref = image_ref(kind)
@@ -250,7 +284,18 @@ def check_disk(kind: str) -> None:
             )
 
 
+def remove_leftovers() -> None:
+    """Working containers of builds that were killed (a timeout, Ctrl-C): each holds a
+    builder's venv, gigabytes for the trainer. Called under the build lock, so none of
+    them belongs to a running build of ours."""
+    listed = run(["buildah", "containers", "--json"], capture_output=True).stdout
+    ours = [c["id"] for c in json.loads(listed or "[]") if c["imagename"].startswith(REPOSITORY)]
+    if ours:
+        subprocess.run(["buildah", "rm", *ours], capture_output=True)
+
+
 def _podman_build(flavour: Flavour, base: str, ref: str) -> None:
+    remove_leftovers()
     args = [f"{flavour.base_arg}={base}", *(f"{k}={v}" for k, v in flavour.build_args)]
     with tempfile.TemporaryDirectory(prefix="kubeslim-image-") as tmp:
         context = Path(tmp)
