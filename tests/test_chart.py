@@ -155,7 +155,9 @@ def test_replicas_turn_on_cluster_peering_and_pdb() -> None:
     ]
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 3
-    assert "strategy" not in deployment["spec"]
+    # Old Pods stop before new ones start: a 1 -> 2 replica upgrade (standalone -> peering)
+    # never runs the old standalone operator beside the new peering ones.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     # Each replica draws its own kopf priority: equal priorities freeze every replica.
     assert "KUBESLIM_PRIORITY" in _container(docs)["args"][0]
     pdb = one(docs, "PodDisruptionBudget")
@@ -224,6 +226,14 @@ def test_configmap_sets_only_real_operator_settings() -> None:
     assert config.peering == "kubeslim"
     assert config.namespaces == ()
     assert config.health_port == 8080
+
+
+def test_stage_images_follow_the_app_version_by_default() -> None:
+    chart = yaml.safe_load((ROOT / "charts" / "kubeslim" / "Chart.yaml").read_text())
+    config = OperatorConfig.from_env(_config(render()))
+    version = chart["appVersion"]
+    assert config.trainer_image == f"ghcr.io/kubeslim/trainer:{version}"
+    assert config.runtime_image == f"ghcr.io/kubeslim/runtime:{version}"
 
 
 def test_stage_images_reach_the_operator_config() -> None:
@@ -356,6 +366,10 @@ def test_gitops_sample_is_a_valid_modeloptimization() -> None:
     (doc,) = _load(GITOPS / "samples" / "modeloptimization.yaml")
     manifest = parse_manifest(doc)
     assert manifest.spec.dataset.name is not None and manifest.spec.dataset.name.value == "digits"
+    # It can run in stage Pods: nothing in it is refused as UnsupportedInCluster.
+    from kubeslim.planner.cluster import cluster_refusal
+
+    assert cluster_refusal(manifest.spec) is None
 
 
 def test_gitops_kustomization_installs_chart_and_sample() -> None:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kubeslim.api.crd import crd, render_crd
+from kubeslim.api.spec import ModelOptimizationSpec
 from kubeslim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,6 @@ def test_schema_is_structural() -> None:
         where = path or "<root>"
         assert "$ref" not in node and "$defs" not in node, where
         assert "title" not in node, where
-        assert "default" not in node, f"{where}: the API server would write this default"
         if "properties" in node:
             assert "additionalProperties" not in node, where
         assert node.get("additionalProperties") is not False, where
@@ -82,6 +82,9 @@ def test_cross_field_rules_are_cel() -> None:
         "dataset": spec["dataset"],
         "pruning.target": spec["pruning"]["properties"]["target"],
     }
+    (immutable,) = spec["artifacts"]["x-kubernetes-validations"]
+    assert immutable["rule"] == "self.uri == oldSelf.uri"
+    assert immutable["message"].startswith("artifacts.uri is immutable")
     for where, node in rules.items():
         validations = node.get("x-kubernetes-validations", [])
         assert len(validations) == 1, where
@@ -121,6 +124,23 @@ def test_names_columns_and_subresource() -> None:
         if field[1] == "status":
             assert field[2] in status, column
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_the_api_server_persists_every_spec_default() -> None:
+    """The stored spec is the effective spec: another operator version reads the
+    values the resource was created with, not its own defaults."""
+    spec = _schema()["properties"]["spec"]
+    props = spec["properties"]
+    assert props["pruning"]["default"] == ModelOptimizationSpec.model_validate(
+        {"model": {"architecture": "resnet18"}, "dataset": {"name": "digits"}}
+    ).pruning.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert props["pruning"]["properties"]["target"]["default"] == {"filterRate": 0.3}
+    assert props["model"]["properties"]["numClasses"]["default"] == 1000
+    assert props["execution"]["properties"]["ttlSecondsAfterFinished"]["default"] == 86400
+    assert props["artifacts"]["default"] == {"uri": "./artifacts"}
+    assert "default" not in props["model"]["properties"]["checkpoint"]  # None: no default
+    for path, node in _nodes(_schema()["properties"]["status"], "status"):
+        assert "default" not in node, f"{path}: status has no defaults"
 
 
 def test_crd_is_a_valid_kubernetes_object() -> None:

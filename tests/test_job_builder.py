@@ -10,7 +10,13 @@ import pytest
 from kubeslim.api.manifest import parse_spec
 from kubeslim.cli import _parser
 from kubeslim.config import OperatorConfig
-from kubeslim.constants import LABEL_GENERATION, LABEL_MANAGED_BY, LABEL_NAME, LABEL_STAGE
+from kubeslim.constants import (
+    LABEL_FINGERPRINT,
+    LABEL_GENERATION,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_STAGE,
+)
 from kubeslim.executors.job import ANNOTATION_FINGERPRINT, Owner, build_job
 from kubeslim.planner import JobRequest, job_name
 from kubeslim.stages.pipeline import spec_fingerprints
@@ -31,7 +37,8 @@ BASE: dict[str, Any] = {
 def job_for(stage: str, **edits: Any) -> dict[str, Any]:
     spec = parse_spec({**BASE, **edits})
     fingerprint = spec_fingerprints(spec)[stage]
-    request = JobRequest(stage, job_name(OWNER.name, stage, 7), fingerprint, 7)
+    name = job_name(OWNER.name, stage, 7, fingerprint=fingerprint)
+    request = JobRequest(stage, name, fingerprint, 7)
     return build_job(spec, request, OWNER, CONFIG)
 
 
@@ -44,11 +51,14 @@ def container(job: dict[str, Any]) -> dict[str, Any]:
 def test_identity_labels_and_owner() -> None:
     job = job_for("convert")
     meta = job["metadata"]
-    assert meta["name"] == "demo-convert-g7" and meta["namespace"] == "team-a"
+    fingerprint = meta["annotations"][ANNOTATION_FINGERPRINT]
+    # The fingerprint in the name: a Job of another spec never answers 409 for this one.
+    assert meta["name"] == f"demo-convert-g7-{fingerprint[:8]}" and meta["namespace"] == "team-a"
     labels = {
         LABEL_NAME: "demo",
         LABEL_STAGE: "convert",
         LABEL_GENERATION: "7",
+        LABEL_FINGERPRINT: fingerprint[:16],
         LABEL_MANAGED_BY: "kubeslim",
     }
     assert meta["labels"] == labels
@@ -79,8 +89,9 @@ def test_command_is_the_stage_cli_with_the_full_spec() -> None:
 
 
 def test_images_by_stage() -> None:
-    assert container(job_for("prune"))["image"] == "registry.local/trainer:1"
-    for stage in ("convert", "quantize", "benchmark"):
+    for stage in ("prune", "convert"):  # they import torch: only the trainer image has it
+        assert container(job_for(stage))["image"] == "registry.local/trainer:1"
+    for stage in ("quantize", "benchmark"):
         assert container(job_for(stage))["image"] == "registry.local/runtime:1"
 
 
@@ -147,14 +158,58 @@ def test_locked_down_with_scratch_and_credentials() -> None:
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert {"name": "scratch", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}} in pod["volumes"]
     assert {"name": "scratch", "mountPath": "/scratch"} in c["volumeMounts"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["HOME"] == env["TMPDIR"] == "/scratch"
     assert env["KUBESLIM_CACHE"] == "/scratch/cache" and env["OMP_NUM_THREADS"] == "2"
     assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
-    rule = job["spec"]["podFailurePolicy"]["rules"][0]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2]
+    _, bad_input = job["spec"]["podFailurePolicy"]["rules"]
+    assert bad_input["action"] == "FailJob" and bad_input["onExitCodes"]["values"] == [2]
+
+
+def test_preemption_and_drain_do_not_count_against_retries() -> None:
+    (first, *_) = job_for("prune")["spec"]["podFailurePolicy"]["rules"]
+    assert first == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+
+
+def test_no_gpu_asked_means_no_gpu_seen() -> None:
+    def env(job: dict[str, Any]) -> dict[str, str]:
+        return {e["name"]: e["value"] for e in container(job)["env"]}
+
+    assert env(job_for("prune"))["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert env(job_for("quantize", pruning={"gpu": True}))["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(job_for("prune", pruning={"gpu": True}))
+
+
+def test_quantities_as_numbers_or_strings_and_a_scratch_limit() -> None:
+    execution = {
+        "cpuResources": {"requests": {"cpu": 2, "memory": "1Gi"}, "limits": {"cpu": 0.5}},
+        "scratchSizeLimit": "5Gi",
+    }
+    job = job_for("benchmark", execution=execution)
+    resources = container(job)["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "0.5"}}
+    scratch = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch")
+    assert scratch["emptyDir"] == {"sizeLimit": "5Gi"}
+
+
+def test_artifacts_volume_is_mounted_at_the_artifacts_path() -> None:
+    artifacts = {"uri": "/shared/artifacts", "volume": {"claimName": "kubeslim-artifacts"}}
+    job = job_for("convert", artifacts=artifacts)
+    pod = job["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "artifacts")
+    assert volume == {
+        "name": "artifacts",
+        "persistentVolumeClaim": {"claimName": "kubeslim-artifacts"},
+    }
+    mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "artifacts")
+    assert mount == {"name": "artifacts", "mountPath": "/shared/artifacts"}
+    args = _parser().parse_args(container(job)["command"][1:])
+    assert args.artifacts == "/shared/artifacts/team-a/demo"
 
 
 @pytest.mark.parametrize("stage", ["prune", "convert", "quantize", "benchmark"])

@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -57,6 +58,11 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 
+# A local artifacts path works on a cluster only through a volume every stage Pod mounts.
+ARTIFACTS_PATH = "/kubeslim-artifacts"
+ARTIFACTS_CLAIM = "artifacts"
+ARTIFACTS = {"uri": ARTIFACTS_PATH, "volume": {"claimName": ARTIFACTS_CLAIM}}
+
 SPEC: dict[str, Any] = {
     "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
     "dataset": {"name": "digits"},
@@ -85,6 +91,18 @@ def standin_stage(argv: list[str]) -> int:
     if stage in control.get("fail", {}):
         print(f"error: {control['fail'][stage]}", file=sys.stderr, flush=True)
         return 1
+    if stage in control.get("bad_input", {}):
+        # What `kubeslim stage` does on bad input: the error as termination message, exit 2.
+        error = control["bad_input"][stage]
+        Path(opts["--result-file"]).write_text(json.dumps({"stage": stage, "error": error}))
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    if stage in control.get("transient", []):
+        tried = artifacts / f"tried-{stage}"
+        if not tried.exists():  # the first try meets an S3 hiccup: exit 75, retried
+            tried.touch()
+            print("error: cannot reach the S3 endpoint", file=sys.stderr, flush=True)
+            return 75
     outputs = {
         "prune": {"model": "model.pt"},
         "convert": {"onnx": "model.onnx", "ir": "model.xml"},
@@ -112,7 +130,8 @@ class Env:
         self.cluster = cluster
         self.namespace = namespace
         self.work = work
-        self.artifacts = work / "artifacts"
+        # What the stage Pods see at ARTIFACTS_PATH: one claim, shared by every Pod.
+        self.artifacts = cluster.pvc_dir(namespace, ARTIFACTS_CLAIM)
         api = cluster.api_client()
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
@@ -188,7 +207,13 @@ class Env:
 
     # --- resources ---
 
-    def create(self, name: str, spec: dict[str, Any], control: dict[str, Any]) -> None:
+    def create(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        control: dict[str, Any],
+        artifacts: dict[str, Any] | None = None,
+    ) -> None:
         folder = self.artifacts / self.namespace / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "control.json").write_text(json.dumps(control))
@@ -196,7 +221,7 @@ class Env:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ModelOptimization",
             "metadata": {"name": name, "namespace": self.namespace},
-            "spec": {**spec, "artifacts": {"uri": str(self.artifacts)}},
+            "spec": {**spec, "artifacts": artifacts or ARTIFACTS},
         }
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
@@ -218,6 +243,10 @@ class Env:
         return {}
 
     def jobs(self, name: str) -> list[str]:
+        """The resource's Job names without their fingerprint suffix."""
+        return [_short(j) for j in self.job_names(name)]
+
+    def job_names(self, name: str) -> list[str]:
         selector = f"kubeslim.dev/modeloptimization={name}"
         items = self.batch.list_namespaced_job(self.namespace, label_selector=selector).items
         return sorted(j.metadata.name for j in items)
@@ -241,6 +270,11 @@ class Env:
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name
             )
+
+
+def _short(job: str) -> str:
+    """`happy-prune-g1-0a1b2c3d` -> `happy-prune-g1`: the fingerprint part varies with the spec."""
+    return re.sub(r"-[0-9a-f]{8}$", "", job)
 
 
 def _healthy(port: int) -> bool:
@@ -400,7 +434,7 @@ def test_job_failure_gives_a_failed_condition_with_the_log_tail(env: Env) -> Non
     status = env.wait_state("broken", "Failed")
     failed = env.condition("broken", "Failed")
     assert failed["status"] == "True" and failed["reason"] == "JobFailed"
-    assert "broken-quantize-g1" in failed["message"]
+    assert "broken-quantize-g1-" in failed["message"]
     assert "error: calibration data is empty" in failed["message"]
     assert status["currentStage"] == "quantize"
     assert env.condition("broken", "Quantized")["reason"] == "JobFailed"
@@ -410,7 +444,7 @@ def test_job_failure_gives_a_failed_condition_with_the_log_tail(env: Env) -> Non
         env.operator,
     )
     # No crash loop: nothing after the failed stage is created, the operator keeps running.
-    assert "broken-benchmark-g1" not in env.jobs("broken")
+    assert not any(j.startswith("broken-benchmark") for j in env.jobs("broken"))
     assert env.operator.returncode is None
     env.delete("broken")
 
@@ -449,7 +483,7 @@ def test_job_the_api_server_refuses_fails_the_resource_naming_execution(env: Env
     failed = env.condition("bad-quantity", "Failed")
     assert failed["reason"] == "InvalidSpec"
     assert failed["message"].startswith("invalid spec: spec.execution: the API server rejected Job")
-    assert "bad-quantity-prune-g1" in failed["message"]
+    assert "bad-quantity-prune-g1-" in failed["message"]
     assert env.jobs("bad-quantity") == []
     env.delete("bad-quantity")
 
@@ -470,6 +504,107 @@ def test_concurrency_limit_makes_the_second_wait(env: Env) -> None:
     env.wait_state("second", "Succeeded")
     env.delete("first")
     env.delete("second")
+
+
+def test_bad_input_fails_the_job_at_once_naming_the_field(env: Env) -> None:
+    spec = {**SPEC, "execution": {**SPEC["execution"], "backoffLimit": 2}}
+    error = "spec.model.checkpoint: no such file: /kubeslim-artifacts/missing.pt"
+    env.create("bad-input", spec, {"bad_input": {"prune": error}})
+    status = env.wait_state("bad-input", "Failed")
+    failed = env.condition("bad-input", "Failed")
+    # Exit 2 fails the Job through its podFailurePolicy: one Pod, not backoffLimit + 1.
+    assert failed["message"].splitlines()[0].endswith(f"error: {error}")
+    assert status["stages"][0]["attempts"] == 1
+    env.delete("bad-input")
+
+
+def test_a_transient_failure_is_retried(env: Env) -> None:
+    spec = {**SPEC, "execution": {**SPEC["execution"], "backoffLimit": 1}}
+    env.create("flaky", spec, {"transient": ["convert"]})
+    status = env.wait_state("flaky", "Succeeded")
+    convert = next(s for s in status["stages"] if s["name"] == "convert")
+    assert convert["attempts"] == 2  # exit 75, then success after the Job's back-off
+    env.delete("flaky")
+
+
+def test_a_local_artifacts_path_without_a_volume_is_refused_up_front(env: Env) -> None:
+    env.create("no-volume", SPEC, {}, artifacts={"uri": "/data/artifacts"})
+    status = env.wait_state("no-volume", "Failed")
+    failed = env.condition("no-volume", "Failed")
+    assert failed["reason"] == "UnsupportedInCluster"
+    assert failed["message"].startswith("cannot run on a cluster: spec.artifacts.uri:")
+    assert status["summary"].startswith("cannot run on a cluster: spec.artifacts.uri")
+    assert env.jobs("no-volume") == []
+    env.delete("no-volume")
+
+
+def test_artifacts_uri_is_immutable_and_defaults_are_stored(env: Env) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    env.create("immutable", SPEC, {"gate": ["prune"]})
+    stored = env.get("immutable")["spec"]
+    # The API server wrote every default: the stored spec is the effective spec.
+    assert stored["pruning"]["target"] == {"filterRate": 0.3}
+    assert stored["benchmark"]["durationSeconds"] == 3.0
+    assert stored["execution"]["scratchSizeLimit"] == "20Gi"
+    with pytest.raises(ApiException) as err:
+        env.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            env.namespace,
+            PLURAL,
+            "immutable",
+            {"spec": {"artifacts": {"uri": "s3://elsewhere/runs"}}},
+            _content_type="application/merge-patch+json",
+        )
+    assert err.value.status == 422 and "artifacts.uri is immutable" in str(err.value.body)
+    env.release("immutable", "prune")
+    env.wait_state("immutable", "Succeeded")
+    env.delete("immutable")
+
+
+def test_a_pod_that_cannot_start_fails_the_stage_with_its_reason(env: Env) -> None:
+    artifacts = {**ARTIFACTS, "credentialsSecret": "no-such-secret"}
+    env.create("no-secret", SPEC, {}, artifacts=artifacts)
+    status = env.wait_state("no-secret", "Failed")
+    failed = env.condition("no-secret", "Failed")
+    assert failed["reason"] == "PodCannotStart"
+    assert "CreateContainerConfigError" in failed["message"]
+    assert "no-such-secret" in failed["message"]
+    assert env.condition("no-secret", "Pruned")["reason"] == "PodCannotStart"
+    assert status["stages"][0]["message"].startswith("Pod cannot start: CreateContainerConfigError")
+    # Its Job goes, so the Pod stops retrying and no slot is held.
+    _wait("the stuck Job to go", lambda: env.jobs("no-secret") == [], env.operator)
+    env.delete("no-secret")
+
+
+def test_an_upgrade_leaves_finished_resources_alone(env: Env) -> None:
+    env.create("finished", SPEC, {})
+    env.wait_state("finished", "Succeeded")
+    before = env.status("finished")
+    jobs = env.job_names("finished")
+    env.stop_operator()
+    # The next version changes a default; the stored spec keeps the value it was
+    # created with, and the finished resource is not re-planned on resume.
+    crd = env.ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+    original = env.cluster.api_client().sanitize_for_serialization(crd)
+    changed = json.loads(json.dumps(original))
+    schema = changed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    schema["properties"]["benchmark"]["properties"]["durationSeconds"]["default"] = 7.0
+    env.ext.replace_custom_resource_definition(f"{PLURAL}.{GROUP}", changed)
+    try:
+        env.start_operator()
+        env.operator.wait_for_output(f"{env.namespace}/finished: finished", timeout=60)
+        assert env.get("finished")["spec"]["benchmark"]["durationSeconds"] == 3.0
+        assert env.status("finished") == before
+        assert env.job_names("finished") == jobs
+    finally:
+        env.stop_operator()
+        current = env.ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        original["metadata"]["resourceVersion"] = current.metadata.resource_version
+        env.ext.replace_custom_resource_definition(f"{PLURAL}.{GROUP}", original)
+        env.start_operator()
+    env.delete("finished")
 
 
 @pytest.mark.slow
@@ -505,7 +640,10 @@ def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
         assert set(status["artifacts"]) == {"prunedModel", "onnx", "ir", "int8Ir", "report"}
         for entry in status["stages"]:
             assert entry["state"] == "Succeeded" and entry["resultUri"], entry
-            path = Path(entry["resultUri"].removeprefix("file://"))
+            # Keys relative to the root, resolved against the root the Pods see; from
+            # here (another mount point of the same volume) they resolve as well.
+            assert entry["resultUri"].startswith(f"{ARTIFACTS_PATH}/{env.namespace}/digits/")
+            path = Path(str(env.artifacts) + entry["resultUri"].removeprefix(ARTIFACTS_PATH))
             assert path.is_file(), entry["resultUri"]
         env.delete("digits")
     finally:

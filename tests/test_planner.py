@@ -6,6 +6,8 @@ the way Job events would, then checks the decision and the status.
 
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +25,7 @@ SPEC: dict[str, Any] = {
     "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
     "dataset": {"name": "digits"},
     "pruning": {"target": {"filterRate": 0.3}, "fineTune": {"epochs": 1}},
+    "artifacts": {"uri": "s3://bucket/runs"},
 }
 BENCH_METRICS = {
     "baseline": {"accuracy": 0.95, "latencyMsP50": 2.0, "throughputFps": 500.0, "sizeBytes": 4000},
@@ -36,6 +39,11 @@ OUTPUTS = {
     "quantize": {"int8_ir": "file:///a/quantize/model.xml"},
     "benchmark": {"report": "file:///a/benchmark/report.json"},
 }
+
+
+def short(name: str) -> str:
+    """A Job name without its fingerprint suffix (`demo-prune-g1-0a1b2c3d` -> `demo-prune-g1`)."""
+    return re.sub(r"-[0-9a-f]{8}$", "", name)
 
 
 def spec_of(**edits: Any) -> ModelOptimizationSpec:
@@ -71,7 +79,7 @@ class World:
         )
         for request in result.create:
             if request.name not in self.jobs:  # a second create would be a 409
-                self.created.append(request.name)
+                self.created.append(short(request.name))
                 self.jobs[request.name] = ObservedJob(
                     name=request.name,
                     stage=request.stage,
@@ -82,7 +90,7 @@ class World:
                     start_time=f"2026-11-27T07:00:{self.clock:02d}Z",
                 )
         for name in result.delete:
-            self.deleted.append(name)
+            self.deleted.append(short(name))
             self.jobs.pop(name)
         if write:
             self.status = result.status
@@ -137,7 +145,7 @@ def test_fresh_resource_creates_the_first_stage_job() -> None:
     world = World(spec_of())
     result = world.step()
     assert result.action == Action.create_jobs
-    assert [r.name for r in result.create] == ["demo-prune-g1"]
+    assert [short(r.name) for r in result.create] == ["demo-prune-g1"]
     assert result.holds_slot
     assert result.status.state == State.running
     assert result.status.current_stage == "prune"
@@ -173,10 +181,14 @@ def test_full_pipeline_records_results_metrics_and_artifacts() -> None:
     assert status.artifacts.int8_ir == OUTPUTS["quantize"]["int8_ir"]
     assert status.artifacts.report == OUTPUTS["benchmark"]["report"]
     prune = status.stages[0]
-    assert (prune.job_name, prune.duration_seconds, prune.attempts) == ("demo-prune-g1", 1.5, 1)
+    assert (short(prune.job_name or ""), prune.duration_seconds, prune.attempts) == (
+        "demo-prune-g1",
+        1.5,
+        1,
+    )
     assert prune.result_uri == "file:///a/prune/result.json"
     assert prune.completion_time == "2026-11-27T07:59:00Z"
-    assert [j.name for j in status.jobs] == world.created
+    assert [short(j.name) for j in status.jobs] == world.created
     # Nothing happens once done, and a replay changes nothing.
     again = world.step()
     assert again.action == Action.succeeded and not again.create and not again.events
@@ -196,7 +208,7 @@ def test_restart_mid_run_neither_duplicates_nor_loses_a_job() -> None:
     assert not first.create and not second.create
     assert world.created == ["demo-prune-g1", "demo-convert-g1"]
     assert second.status.stages[0].state == "Succeeded"
-    assert second.status.stages[1].job_name == "demo-convert-g1"
+    assert short(second.status.stages[1].job_name or "") == "demo-convert-g1"
 
 
 def test_lost_status_and_lost_job_recreates_the_same_name() -> None:
@@ -204,7 +216,7 @@ def test_lost_status_and_lost_job_recreates_the_same_name() -> None:
     world.step()
     world.jobs.clear()  # the Job was deleted by hand before it finished
     result = world.step()
-    assert [r.name for r in result.create] == ["demo-prune-g1"]
+    assert [short(r.name) for r in result.create] == ["demo-prune-g1"]
 
 
 def test_skipped_stages_are_not_run() -> None:
@@ -223,7 +235,7 @@ def test_spec_edit_reruns_from_the_first_changed_stage() -> None:
     world.spec = spec_of(quantization={"preset": "mixed"})
     world.generation = 2
     result = world.step()
-    assert [r.name for r in result.create] == ["demo-quantize-g2"]
+    assert [short(r.name) for r in result.create] == ["demo-quantize-g2"]
     stages = {s.name: s.state for s in result.status.stages}
     assert stages == {
         "prune": "Succeeded",
@@ -258,7 +270,7 @@ def test_edit_outside_the_stages_inputs_reruns_nothing() -> None:
     world.generation = 2
     result = world.step()
     assert result.action == Action.wait and not result.create and not result.delete
-    assert result.status.stages[0].job_name == "demo-prune-g1"
+    assert short(result.status.stages[0].job_name or "") == "demo-prune-g1"
 
 
 def test_edit_while_running_deletes_the_stale_job() -> None:
@@ -267,8 +279,8 @@ def test_edit_while_running_deletes_the_stale_job() -> None:
     world.spec = spec_of(pruning={"target": {"filterRate": 0.5}})
     world.generation = 2
     result = world.step()
-    assert result.delete == ("demo-prune-g1",)
-    assert [r.name for r in result.create] == ["demo-prune-g2"]
+    assert tuple(map(short, result.delete)) == ("demo-prune-g1",)
+    assert [short(r.name) for r in result.create] == ["demo-prune-g2"]
 
 
 def test_failed_job_fails_the_pipeline_with_its_log_tail() -> None:
@@ -287,7 +299,7 @@ def test_failed_job_fails_the_pipeline_with_its_log_tail() -> None:
     assert [e.type for e in result.events if e.reason == Reason.job_failed][:1] == ["Warning"]
     # No crash loop: looking again creates nothing and posts no new events; the log tail
     # read when the failure was first seen stays, though the Pod is not read again.
-    job = world.jobs["demo-prune-g1"]
+    job = next(j for n, j in world.jobs.items() if short(n) == "demo-prune-g1")
     world.jobs[job.name] = replace(job, failure="BackoffLimitExceeded")
     again = world.step()
     assert again.action == Action.failed and not again.create and not again.events
@@ -312,7 +324,7 @@ def test_new_generation_retries_a_failed_stage() -> None:
     world.spec = spec_of(execution={"pruneResources": {"limits": {"memory": "8Gi"}}})
     world.generation = 2
     result = world.step()
-    assert [r.name for r in result.create] == ["demo-prune-g2"]
+    assert [short(r.name) for r in result.create] == ["demo-prune-g2"]
     assert result.status.state == State.running
     assert cond(result.status, ConditionType.failed)[0] == "False"
 
@@ -422,3 +434,149 @@ def test_fingerprints_drive_job_identity() -> None:
         True,
         False,
     ]
+
+
+# --- production behaviour (issue 13) ----------------------------------------------------
+
+
+def test_job_names_carry_the_fingerprint() -> None:
+    assert job_name("demo", "prune", 3, fingerprint="0123456789abcdef") == "demo-prune-g3-01234567"
+    assert job_name("demo", "prune", 3, fingerprint="fedcba") != job_name(
+        "demo", "prune", 3, fingerprint="0123456789"
+    )
+
+
+def test_finished_resource_is_left_alone_by_an_upgrade(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(spec_of())
+    world.run_to_end()
+    done = world.status
+    # Another operator version: other fingerprints, and the Jobs are gone (TTL).
+    monkeypatch.setattr(
+        importlib.import_module("kubeslim.planner.plan"),
+        "spec_fingerprints",
+        lambda spec: {s: "e" * 64 for s in ("prune", "convert", "quantize", "benchmark")},
+    )
+    world.jobs.clear()
+    created = list(world.created)
+    result = world.step()
+    assert result.action == Action.succeeded and result.status == done
+    assert result.create == () and result.delete == () and result.events == ()
+    assert world.created == created
+    # A failed one is left alone too, until its spec changes.
+    failed = World(spec_of())
+    failed.step()
+    failed.fail("prune", "boom")
+    failed.step()
+    failed.jobs.clear()
+    assert failed.step().action == Action.failed and failed.created == ["demo-prune-g1"]
+
+
+def test_results_keep_keys_relative_to_the_artifacts_root() -> None:
+    world = World(spec_of())
+    world.step()
+    job = world.running("prune")
+    world.jobs[job.name] = replace(
+        job,
+        phase=JobPhase.succeeded,
+        active=0,
+        succeeded=1,
+        result={"outputs": {"model": "prune/0a1b/model.pt"}, "result_uri": "prune/result.json"},
+    )
+    status = world.step().status
+    # Resolved against this resource's root: <artifacts.uri>/<namespace>/<name>.
+    assert status.artifacts.pruned_model == "s3://bucket/runs/ns/demo/prune/0a1b/model.pt"
+    assert status.stages[0].result_uri == "s3://bucket/runs/ns/demo/prune/result.json"
+
+
+@pytest.mark.parametrize(
+    ("edits", "field"),
+    [
+        ({"artifacts": {"uri": "/data/artifacts"}}, "spec.artifacts.uri"),
+        ({"artifacts": {"uri": "./artifacts", "volume": {"claimName": "a"}}}, "spec.artifacts.uri"),
+        (
+            {"model": {**SPEC["model"], "checkpoint": "/home/me/model.pt"}},
+            "spec.model.checkpoint",
+        ),
+        ({"dataset": {"uri": "file:///srv/images"}}, "spec.dataset.uri"),
+    ],
+)
+def test_what_cannot_work_in_a_cluster_is_refused_up_front(
+    edits: dict[str, Any], field: str
+) -> None:
+    world = World(spec_of(**edits))
+    result = world.step()
+    assert result.action == Action.invalid_spec and result.create == ()
+    assert cond(result.status, ConditionType.failed) == ("True", Reason.unsupported_in_cluster)
+    failed = find_condition(result.status.conditions, ConditionType.failed)
+    assert failed is not None and failed.message.startswith(f"cannot run on a cluster: {field}:")
+
+
+def test_local_paths_under_the_pods_volumes_are_accepted() -> None:
+    spec = spec_of(
+        artifacts={"uri": "/shared/runs", "volume": {"claimName": "runs"}},
+        model={**SPEC["model"], "checkpoint": "/data/models/m.pt"},
+        execution={"datasetVolume": {"claimName": "datasets", "mountPath": "/data"}},
+    )
+    assert World(spec).step().action == Action.create_jobs
+
+
+def test_a_pod_that_cannot_start_fails_its_stage_and_frees_the_slot() -> None:
+    world = World(spec_of())
+    world.step()
+    job = world.running("prune")
+    world.jobs[job.name] = replace(
+        job,
+        blocked='CreateContainerConfigError: secret "s3" not found',
+        blocked_reason="CreateContainerConfigError",
+        blocked_fatal=True,
+        blocked_since="2026-11-27T07:00:01Z",
+    )
+    result = world.step()
+    assert result.action == Action.failed and not result.holds_slot
+    assert tuple(map(short, result.delete)) == ("demo-prune-g1",)
+    assert cond(result.status, ConditionType.failed) == ("True", Reason.pod_cannot_start)
+    assert 'secret "s3" not found' in result.status.summary
+
+
+def test_a_slow_start_shows_the_pods_reason_until_the_timeout() -> None:
+    world = World(spec_of())
+    world.step()
+    job = world.running("prune")
+    world.jobs[job.name] = replace(
+        job,
+        blocked="ImagePullBackOff: Back-off pulling image",
+        blocked_reason="ImagePullBackOff",
+        blocked_since="2026-11-27T07:00:01Z",
+    )
+    result = world.step()  # at 07:00:02, one second later
+    assert result.action == Action.wait
+    assert cond(result.status, ConditionType.pruned) == ("False", "ImagePullBackOff")
+    assert result.status.stages[0].message.startswith("Pod cannot start yet: ImagePullBackOff")
+    late = plan(
+        PlanInput(
+            name="demo",
+            namespace="ns",
+            generation=1,
+            spec=world.spec,
+            status=world.status,
+            jobs=list(world.jobs.values()),
+            now="2026-11-27T07:20:00Z",
+            start_timeout=600,
+        )
+    )
+    assert late.action == Action.failed
+    assert cond(late.status, ConditionType.failed) == ("True", Reason.pod_cannot_start)
+
+
+def test_status_jobs_keep_only_the_current_run() -> None:
+    world = World(spec_of())
+    world.step()
+    world.fail("prune", "OOMKilled")
+    world.step()
+    world.spec = spec_of(execution={"pruneResources": {"limits": {"memory": "8Gi"}}})
+    world.generation = 2
+    world.step()
+    world.finish("prune")
+    world.step()  # records prune's result
+    result = world.step()  # prune is history now: its failed first try is not listed
+    assert [short(j.name) for j in result.status.jobs] == ["demo-prune-g2", "demo-convert-g2"]

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KubeslimError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code  # 2 only for bad input; a Job retries the others
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kubeslim import __version__
 from kubeslim.errors import SpecError
 
 ENV_PREFIX = "KUBESLIM_"
@@ -24,9 +25,10 @@ class OperatorConfig:
     # namespaces to watch; empty means every namespace (cluster-wide mode).
     namespaces: tuple[str, ...] = ()
     # trainer_image runs the stages that need torch (TORCH_STAGES: prune, convert).
-    trainer_image: str = "ghcr.io/kubeslim/trainer:0.1.0"
+    # Image tags follow the operator's own version, so stages and operator match.
+    trainer_image: str = f"ghcr.io/kubeslim/trainer:{__version__}"
     # runtime_image runs the others (quantize, benchmark: OpenVINO, NNCF, no torch).
-    runtime_image: str = "ghcr.io/kubeslim/runtime:0.1.0"
+    runtime_image: str = f"ghcr.io/kubeslim/runtime:{__version__}"
     # image_pull_policy of the stage containers.
     image_pull_policy: str = "IfNotPresent"
     # stage_command is the entry point inside the stage images.
@@ -45,6 +47,9 @@ class OperatorConfig:
     progress_interval: float = 10.0
     # log_tail_lines of a failed Pod's log copied into the Failed condition.
     log_tail_lines: int = 20
+    # start_timeout in seconds a stage Pod may stay unable to start (image pull, no
+    # node that fits) before its stage fails; configuration errors fail at once.
+    start_timeout: float = 600.0
     # extra_env is passed to every stage container (KEY=VALUE, comma-separated).
     extra_env: tuple[str, ...] = field(default=())
 

@@ -13,6 +13,7 @@ CATEGORIES = ["kubeslim", "ml"]
 LABEL_NAME = f"{GROUP}/modeloptimization"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_GENERATION = f"{GROUP}/generation"
+LABEL_FINGERPRINT = f"{GROUP}/fingerprint"  # the stage fingerprint's first 16 hex digits
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubeslim"
 

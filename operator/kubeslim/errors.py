@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+# Exit codes of `kubeslim` commands. A stage Job fails at once on EXIT_BAD_INPUT
+# (its podFailurePolicy); any other non-zero code is retried with the Job's back-off.
+EXIT_FAILED = 1  # something broke that may not break again (a crashed process, ...)
+EXIT_BAD_INPUT = 2  # the spec or what it points at is wrong: retrying cannot help
+EXIT_TRANSIENT = 75  # EX_TEMPFAIL: a service did not answer; try again later
+
 
 class KubeslimError(Exception):
     """Any error kubeslim reports to the user without a traceback."""
 
+    exit_code = EXIT_FAILED
+
 
 class SpecError(KubeslimError):
     """A value in the spec (or what it points at) is not what was expected."""
+
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -19,7 +29,22 @@ class SpecError(KubeslimError):
 
 
 class StoreError(KubeslimError):
-    """The artifact store cannot be reached or refuses an operation."""
+    """The artifact store refuses an operation for a reason in its settings
+    (scheme, credentials, bucket, permissions): bad input, not retried."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class StoreUnavailable(StoreError):
+    """The artifact store did not answer (unreachable endpoint, timeout, 5xx)."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class MissingArtifact(StoreError):
+    """An object the pipeline wrote earlier is not there (yet): retried."""
+
+    exit_code = EXIT_FAILED
 
 
 def describe_validation_error(err: ValidationError, root: str = "spec") -> SpecError:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from kubeslim.api.spec import ENTRY_POINT, ModelOptimizationSpec
 from kubeslim.api.status import ModelOptimizationStatus
@@ -44,6 +47,13 @@ SPEC_RULES: list[tuple[tuple[str, ...], str, str]] = [
         ("pruning", "target"),
         "has(self.filterRate) != has(self.flopsReduction)",
         "exactly one of filterRate and flopsReduction must be set",
+    ),
+    # A transition rule: outputs already written stay where they are, and no stage
+    # reads another's outputs from a root it never wrote to.
+    (
+        ("artifacts",),
+        "self.uri == oldSelf.uri",
+        "artifacts.uri is immutable: create a new resource to write elsewhere",
     ),
 ]
 
@@ -155,12 +165,56 @@ def root_schema() -> Schema:
 def spec_schema() -> Schema:
     """The spec's schema, with the cross-field CEL rules and validator-only bounds."""
     schema = structural(ModelOptimizationSpec.model_json_schema(by_alias=True, mode="validation"))
+    persist_defaults(schema, ModelOptimizationSpec)
     for path, rule, message in SPEC_RULES:
         node = _at(schema, path)
         node.setdefault("x-kubernetes-validations", []).append({"rule": rule, "message": message})
     for path, extra in SPEC_EXTRA:
         _at(schema, path).update(extra)
     return schema
+
+
+def persist_defaults(schema: Schema, model: type[BaseModel]) -> None:
+    """Every default of the spec's models into the schema, so the API server writes them.
+
+    `kubectl get -o yaml` then shows the effective spec, and an operator of another
+    version reads the values the resource was created with, not its own defaults.
+    A section with defaults of its own (pruning, ...) defaults to the whole section,
+    so a resource that leaves it out still stores every value.
+    """
+    for name, info in model.model_fields.items():
+        node = schema.get("properties", {}).get(info.alias or name)
+        if node is None:
+            continue
+        value = _default_of(info)
+        if value is not None:
+            node["default"] = value
+        nested = _model_in(info.annotation)
+        if nested is not None:
+            persist_defaults(node, nested)
+
+
+def _default_of(info: FieldInfo) -> Any:
+    """A field's default as JSON (None: no default to write)."""
+    if info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+    elif info.default is PydanticUndefined:
+        return None
+    else:
+        value = info.default
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return to_jsonable_python(value)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (X or X | None), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def status_schema() -> Schema:
@@ -258,13 +312,8 @@ def _exclusive_bounds(node: Schema) -> Schema:
 
 
 def _default_into_description(node: Schema) -> None:
-    """Defaults stay out of the schema, so the API server writes none.
-
-    The operator's own models fill them when it reads a spec, so an upgrade
-    that changes a default changes it for every resource that did not set it,
-    and what the user applied stays what is stored. `kubectl explain` still
-    shows the default, appended to the description.
-    """
+    """pydantic's defaults become text (`kubectl explain` shows them); the spec's
+    defaults go back into the schema in one pass, persist_defaults (status has none)."""
     if "default" not in node:
         return
     default = node.pop("default")

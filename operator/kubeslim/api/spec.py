@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from kubeslim.api.base import ApiModel
 
@@ -475,13 +475,31 @@ class BenchmarkSpec(ApiModel):
     )
 
 
+class ArtifactsVolume(ApiModel):
+    """A PersistentVolumeClaim every stage Pod mounts read-write at the path of artifacts.uri."""
+
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="claimName of a PVC that every stage Pod can mount (ReadWriteMany, or "
+        "ReadWriteOnce on a single node).",
+    )
+
+
 class ArtifactsSpec(ApiModel):
     """Where stage outputs go."""
 
     uri: Uri = Field(
         default="./artifacts",
-        description="uri prefix; each stage writes under <uri>/<stage>/. s3:// reads "
-        "credentials from the environment (AWS_ACCESS_KEY_ID, ...).",
+        description="uri prefix; each stage writes under <uri>/<stage>/ (on a cluster, "
+        "<uri>/<namespace>/<name>/<stage>/). s3:// reads credentials from the environment "
+        "(AWS_ACCESS_KEY_ID, ...). On a cluster a local path needs volume (stage Pods share "
+        "no disk otherwise). Immutable: a resource's outputs stay where they were written.",
+    )
+    volume: ArtifactsVolume | None = Field(
+        default=None,
+        description="volume mounts a PVC at uri's path in every stage Pod, so that a local "
+        "path (which must then be absolute) is shared between stages. Ignored by kubeslim run.",
     )
     credentials_secret: str | None = Field(
         default=None,
@@ -491,13 +509,29 @@ class ArtifactsSpec(ApiModel):
     )
 
 
+def _quantity_text(value: object) -> object:
+    """YAML turns `cpu: 2` into a number and `cpu: 0.5` into a float; Kubernetes takes both."""
+    if isinstance(value, bool):
+        raise ValueError("expected a quantity (2, '500m', '4Gi'), got a boolean")
+    if isinstance(value, float):
+        return format(value, "g")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    BeforeValidator(_quantity_text),
+    Field(description="A Kubernetes quantity: a number (2) or a string ('500m', '4Gi')."),
+]
+
+
 class Resources(ApiModel):
     """Compute resources of one stage's container (Kubernetes quantities)."""
 
-    requests: dict[str, str] = Field(
-        default={}, max_length=16, description="requests, e.g. {cpu: '2', memory: 4Gi}."
+    requests: dict[str, Quantity] = Field(
+        default={}, max_length=16, description="requests, e.g. {cpu: 2, memory: 4Gi}."
     )
-    limits: dict[str, str] = Field(
+    limits: dict[str, Quantity] = Field(
         default={}, max_length=16, description="limits, e.g. {memory: 8Gi}."
     )
 
@@ -556,6 +590,11 @@ class ExecutionSpec(ApiModel):
     cpu_resources: Resources = Field(
         default_factory=Resources,
         description="cpuResources for the convert, quantize and benchmark Jobs.",
+    )
+    scratch_size_limit: Quantity = Field(
+        default="20Gi",
+        description="scratchSizeLimit caps the emptyDir at /scratch (downloads, temporary "
+        "files); a stage that writes more is evicted with a message saying so.",
     )
 
 

@@ -74,6 +74,9 @@ class Reason(StrEnum):
     all_stages_completed = "AllStagesCompleted"  # Every enabled stage finished.
     capacity_available = "CapacityAvailable"  # Not held back by the concurrency limit.
     in_progress = "InProgress"  # Stages are still running or pending.
+    # The resource cannot work on a cluster (say, a local artifacts path no Pod shares).
+    unsupported_in_cluster = "UnsupportedInCluster"
+    pod_cannot_start = "PodCannotStart"  # The stage's Pod could not start (image, config, node).
 
 
 class Condition(ApiModel):

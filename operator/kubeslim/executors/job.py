@@ -17,13 +17,15 @@ from kubeslim.constants import (
     API_VERSION,
     GROUP,
     KIND,
+    LABEL_FINGERPRINT,
     LABEL_GENERATION,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_STAGE,
     MANAGED_BY,
 )
-from kubeslim.planner.model import JobRequest
+from kubeslim.errors import EXIT_BAD_INPUT
+from kubeslim.planner.model import JobRequest, artifacts_root
 from kubeslim.planner.search import candidate_args
 
 ANNOTATION_FINGERPRINT = f"{GROUP}/fingerprint"
@@ -33,7 +35,7 @@ SCRATCH = "/scratch"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_AS = 10001
 GPU = "nvidia.com/gpu"
-EXIT_BAD_INPUT = 2  # `kubeslim stage` exits 2 on a bad spec or input: retrying cannot help
+ARTIFACTS_VOLUME = "artifacts"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Owner:
 
 def artifacts_uri(spec: ModelOptimizationSpec, owner: Owner) -> str:
     """Each resource writes under <spec.artifacts.uri>/<namespace>/<name>."""
-    return f"{spec.artifacts.uri.rstrip('/')}/{owner.namespace}/{owner.name}"
+    return artifacts_root(spec.artifacts.uri, owner.namespace, owner.name)
 
 
 def stage_command(
@@ -76,7 +78,29 @@ def job_labels(owner: Owner, request: JobRequest) -> dict[str, str]:
         LABEL_NAME: owner.name,
         LABEL_STAGE: request.stage,
         LABEL_GENERATION: str(request.generation),
+        LABEL_FINGERPRINT: request.fingerprint[:16],
         LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Bad input fails the Job at once; a Pod lost to preemption or a node drain is
+    retried without counting against backoffLimit; other failures count."""
+    return {
+        "rules": [
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [EXIT_BAD_INPUT],
+                },
+            },
+        ]
     }
 
 
@@ -92,18 +116,7 @@ def build_job(
     job_spec: dict[str, Any] = {
         "backoffLimit": execution.backoff_limit,
         "activeDeadlineSeconds": execution.active_deadline_seconds,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER,
-                        "operator": "In",
-                        "values": [EXIT_BAD_INPUT],
-                    },
-                }
-            ]
-        },
+        "podFailurePolicy": pod_failure_policy(),
         "template": {
             "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
             "spec": pod_spec(spec, request, owner, config),
@@ -139,8 +152,15 @@ def pod_spec(
 ) -> dict[str, Any]:
     """The stage Pod: locked down, scratch on an emptyDir, datasets on a read-only PVC."""
     execution = spec.execution
-    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    scratch = {"sizeLimit": str(execution.scratch_size_limit)}
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": scratch}]
     mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH}]
+    if spec.artifacts.volume is not None:
+        # A local artifacts path, shared by every stage through one claim.
+        claim = spec.artifacts.volume.claim_name
+        volumes.append({"name": ARTIFACTS_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+        mount_path = spec.artifacts.uri.removeprefix("file://").rstrip("/") or "/"
+        mounts.append({"name": ARTIFACTS_VOLUME, "mountPath": mount_path})
     if execution.dataset_volume is not None:
         volumes.append(
             {
@@ -160,7 +180,7 @@ def pod_spec(
         "imagePullPolicy": config.image_pull_policy,
         "command": stage_command(spec, request.stage, owner, config)
         + candidate_args(spec, request.stage, request.shard),
-        "env": _env(config),
+        "env": _env(config, gpu=_wants_gpu(spec, request.stage)),
         "resources": _resources(spec, request.stage),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -209,13 +229,19 @@ def pod_spec(
     return pod
 
 
+def _wants_gpu(spec: ModelOptimizationSpec, stage: str) -> bool:
+    return stage == "prune" and spec.pruning.gpu
+
+
 def _resources(spec: ModelOptimizationSpec, stage: str) -> dict[str, dict[str, str]]:
     """The stage's requests and limits; the prune stage adds one GPU when asked."""
     chosen: Resources = (
         spec.execution.prune_resources if stage == "prune" else spec.execution.cpu_resources
     )
-    requests, limits = dict(chosen.requests), dict(chosen.limits)
-    if stage == "prune" and spec.pruning.gpu:
+    # Quantities as strings: the API server takes both, and one type keeps diffs quiet.
+    requests = {k: str(v) for k, v in chosen.requests.items()}
+    limits = {k: str(v) for k, v in chosen.limits.items()}
+    if _wants_gpu(spec, stage):
         # Extended resources need requests equal to limits.
         requests[GPU] = limits[GPU] = "1"
     out: dict[str, dict[str, str]] = {}
@@ -226,7 +252,7 @@ def _resources(spec: ModelOptimizationSpec, stage: str) -> dict[str, dict[str, s
     return out
 
 
-def _env(config: OperatorConfig) -> list[dict[str, str]]:
+def _env(config: OperatorConfig, gpu: bool) -> list[dict[str, str]]:
     """Scratch locations on the emptyDir (the root filesystem is read-only), then extras."""
     env = {
         "HOME": SCRATCH,
@@ -235,6 +261,10 @@ def _env(config: OperatorConfig) -> list[dict[str, str]]:
         # Progress lines must reach the log while the stage runs, not at exit.
         "PYTHONUNBUFFERED": "1",
     }
+    if not gpu:
+        # On a GPU node the NVIDIA runtime exposes every GPU to a container that asks
+        # for none (the CUDA images set NVIDIA_VISIBLE_DEVICES=all); `void` hides them.
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
     for item in config.extra_env:
         key, sep, value = item.partition("=")
         if sep and key.strip():

@@ -88,6 +88,11 @@ class Kube:
             raise
         return True
 
+    def find_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Job by name, through `list` (the operator has no `get` on Jobs)."""
+        jobs = self.batch.list_namespaced_job(namespace, field_selector=f"metadata.name={name}")
+        return self.plain(jobs.items[0]) if jobs.items else None
+
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its Pods."""
         try:

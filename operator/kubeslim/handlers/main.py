@@ -90,6 +90,8 @@ def run_operator(config: OperatorConfig, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose)
     logging.getLogger("kubeslim").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    # One access line per liveness probe would drown what matters.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if not verbose:
         # kopf logs every timer tick at INFO; our own log lines say what changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -54,6 +55,7 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         phase=phase,
         shard=annotations.get(ANNOTATION_SHARD, ""),
         active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0),
         start_time=_rfc3339(status.get("startTime")),
@@ -93,19 +95,83 @@ def stage_result(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def failure_text(job_reason: str, pods: Sequence[dict[str, Any]], log_tail: str) -> str:
-    """Why a Job failed: its condition, the last Pod's exit, then its log's tail."""
-    parts = [job_reason] if job_reason else []
-    if pods:
-        end = terminated(pods[-1])
-        if end:
-            exit_line = f"container exited {end.get('exitCode')}"
-            if end.get("reason"):
-                exit_line += f" ({end['reason']})"
-            parts.append(exit_line)
-        tail = log_tail.strip() or str(end.get("message") or "").strip()
-        if tail:
-            parts.append("log tail:\n" + tail)
+    """Why a Job failed: the stage's own error, its condition, the Pod's reason
+    (Evicted, ...), the container's exit, then its log's tail."""
+    parts = []
+    pod_status = (pods[-1].get("status") or {}) if pods else {}
+    end = terminated(pods[-1]) if pods else {}
+    error = stage_error(end)
+    if error:
+        parts.append(f"error: {error}")
+    if job_reason:
+        parts.append(job_reason)
+    if pod_status.get("reason"):
+        # The kubelet's own word on the Pod: Evicted (low ephemeral storage), DeadlineExceeded.
+        parts.append(
+            "Pod " + ": ".join(p for p in (pod_status["reason"], pod_status.get("message")) if p)
+        )
+    if end:
+        exit_line = f"container exited {end.get('exitCode')}"
+        if end.get("reason"):
+            exit_line += f" ({end['reason']})"
+        parts.append(exit_line)
+    message = "" if error else str(end.get("message") or "").strip()
+    tail = log_tail.strip() or message
+    if tail:
+        parts.append("log tail:\n" + tail)
     return "\n".join(parts)
+
+
+def stage_error(end: dict[str, Any]) -> str:
+    """The one-line error `kubeslim stage` left as its termination message, if any."""
+    try:
+        body = json.loads(end.get("message") or "")
+    except ValueError:
+        return ""
+    return str(body.get("error") or "") if isinstance(body, dict) else ""
+
+
+# Waiting reasons that no amount of waiting cures: the Pod's configuration is wrong.
+FATAL_WAITING = frozenset(
+    {"CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull", "CreateContainerError"}
+)
+# Waiting reasons that may clear up (a registry hiccup); given up after a timeout.
+SLOW_WAITING = frozenset({"ImagePullBackOff", "ErrImagePull"})
+
+
+def pod_blocker(pod: dict[str, Any]) -> tuple[str, str, bool] | None:
+    """(reason, message, fatal) when a Pod cannot start, else None."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason") or ""
+        if reason in FATAL_WAITING or reason in SLOW_WAITING:
+            return reason, str(waiting.get("message") or ""), reason in FATAL_WAITING
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return "Unschedulable", str(cond.get("message") or ""), False
+    return None
+
+
+def with_blocker(job: ObservedJob, pods: Sequence[dict[str, Any]]) -> ObservedJob:
+    """The Job with why its newest Pod cannot start, if it cannot."""
+    for pod in reversed(pods):
+        found = pod_blocker(pod)
+        if found is None:
+            continue
+        reason, message, fatal = found
+        return replace(
+            job,
+            blocked=f"{reason}: {message}" if message else reason,
+            blocked_reason=reason,
+            blocked_fatal=fatal,
+            blocked_since=_rfc3339(pod.get("metadata", {}).get("creationTimestamp")),
+        )
+    return job
 
 
 def latest_progress(log: str) -> Progress | None:

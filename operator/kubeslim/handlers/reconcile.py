@@ -34,6 +34,7 @@ from kubeslim.handlers.observe import (
     owned_by,
     read_status,
     stage_result,
+    with_blocker,
 )
 from kubeslim.planner import Action, JobPhase, ObservedJob, Plan, PlanInput, Slots, plan
 from kubeslim.planner.plan import invalid_spec_plan
@@ -109,6 +110,7 @@ def reconcile(
                     jobs=jobs,
                     slots=rt.table.slots(running),
                     now=now_rfc3339(),
+                    start_timeout=rt.config.start_timeout,
                 )
             )
             rt.table.settle(key, decided.holds_slot)
@@ -157,6 +159,9 @@ def _observe(
         relevant = current.get(job.stage) == job.fingerprint
         if job.phase != JobPhase.active and relevant and not recorded:
             job = _details(rt, namespace, job)
+        elif job.phase == JobPhase.active and relevant and job.ready == 0:
+            # Pending or stuck: a missing Secret or image shows only on the Pod.
+            job = with_blocker(job, rt.kube.list_job_pods(namespace, job.name))
         out.append(job)
     return out
 
@@ -197,8 +202,30 @@ def _act(
             if err.status not in (400, 422):
                 raise  # transient: kopf retries the handler
             return _rejected(decided, request.name, api_error(err))
-        log.info("%s Job %s/%s", "created" if made else "found", namespace, request.name)
+        if made:
+            log.info("created Job %s/%s", namespace, request.name)
+        else:
+            _clear_the_way(rt, namespace, request.name, owner.uid, request.fingerprint)
     return decided
+
+
+def _clear_the_way(rt: Runtime, namespace: str, name: str, uid: str, fingerprint: str) -> None:
+    """A 409: the Job is ours (a restart made it already), or it belongs to something
+    else (a deleted namesake, another spec) and goes, so the next look creates ours."""
+    existing = rt.kube.find_job(namespace, name)
+    if existing is None:
+        return  # gone meanwhile: the next reconcile creates it
+    found = observe_job(existing)
+    if owned_by(existing, uid) and found.fingerprint == fingerprint:
+        log.info("found Job %s/%s", namespace, name)
+        return
+    log.warning(
+        "Job %s/%s belongs to another owner or spec (fingerprint %s); deleting it",
+        namespace,
+        name,
+        found.fingerprint[:12] or "none",
+    )
+    rt.kube.delete_job(namespace, name)
 
 
 def _rejected(decided: Plan, job: str, why: str) -> Plan:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -13,6 +14,7 @@ from kubeslim.api.status import ModelOptimizationStatus
 from kubeslim.errors import SpecError
 
 MAX_NAME = 63  # Job names become the `job-name` label value on their Pods.
+FINGERPRINT_CHARS = 8  # of the stage fingerprint, in Job names
 
 
 class JobPhase(StrEnum):
@@ -34,12 +36,18 @@ class ObservedJob:
     phase: JobPhase = JobPhase.active
     shard: str = ""  # "" for a stage that runs as one Job
     active: int = 0
+    ready: int = 0  # Pods running and ready: when 0 while active, its Pods may be stuck
     succeeded: int = 0
     failed: int = 0
     start_time: str | None = None
     completion_time: str | None = None
     result: dict[str, Any] | None = None  # the parsed termination message, once read
     failure: str = ""  # why it failed: Job condition, then the Pod's log tail
+    # Why its Pod cannot start ("ImagePullBackOff: ..."), read while the Job is active.
+    blocked: str = ""
+    blocked_reason: str = ""  # the Pod's reason alone (ImagePullBackOff, Unschedulable, ...)
+    blocked_fatal: bool = False  # a configuration error: waiting cannot help
+    blocked_since: str | None = None  # the Pod's creation time (RFC 3339)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class PlanInput:
     jobs: Sequence[ObservedJob] = ()
     slots: Slots = Slots()
     now: str = ""
+    start_timeout: float = 600.0  # seconds a stage Pod may wait to start (image pull, node)
 
     @property
     def key(self) -> str:
@@ -126,9 +135,36 @@ class Plan:
         return self.action in TERMINAL_ACTIONS
 
 
-def job_name(resource: str, stage: str, generation: int, shard: str = "") -> str:
-    """`<resource>-<stage>-g<generation>[-<shard>]`, cut and hashed to fit 63 characters."""
-    name = f"{resource}-{stage}-g{generation}" + (f"-{shard}" if shard else "")
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one RFC 3339 time to another (None if either is missing)."""
+    if not start or not end:
+        return None
+    try:
+        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (b - a).total_seconds()
+
+
+def artifacts_root(uri: str, namespace: str, name: str) -> str:
+    """Each resource writes under <spec.artifacts.uri>/<namespace>/<name>."""
+    return f"{uri.rstrip('/')}/{namespace}/{name}"
+
+
+def job_name(
+    resource: str, stage: str, generation: int, shard: str = "", *, fingerprint: str = ""
+) -> str:
+    """`<resource>-<stage>-g<generation>-<fingerprint[:8]>[-<shard>]`, cut and hashed to
+    fit 63 characters.
+
+    The fingerprint in the name means a Job of another spec (an older operator's,
+    or a deleted namesake's) never answers 409 for this one.
+    """
+    name = f"{resource}-{stage}-g{generation}"
+    name += (f"-{fingerprint[:FINGERPRINT_CHARS]}" if fingerprint else "") + (
+        f"-{shard}" if shard else ""
+    )
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]

@@ -32,6 +32,7 @@ from kubeslim.api.status import (
     State,
 )
 from kubeslim.errors import SpecError
+from kubeslim.planner.cluster import cluster_refusal
 from kubeslim.planner.model import (
     Action,
     JobPhase,
@@ -39,7 +40,9 @@ from kubeslim.planner.model import (
     ObservedJob,
     Plan,
     PlanInput,
+    artifacts_root,
     job_name,
+    seconds_between,
 )
 from kubeslim.planner.search import (
     candidate_shards,
@@ -63,6 +66,7 @@ from kubeslim.planner.status import (
 from kubeslim.stages.pipeline import enabled_stages, pipeline_stages, spec_fingerprints
 
 _PHASE_RANK = {JobPhase.succeeded: 0, JobPhase.active: 1, JobPhase.failed: 2}
+_FINAL = (State.succeeded, State.failed)
 
 
 def stage_shards(spec: ModelOptimizationSpec, stage: str) -> tuple[str, ...]:
@@ -85,14 +89,25 @@ class _Walk:
     outcome: Action = Action.succeeded
     create: list[JobRequest] = field(default_factory=list)
     failure: str = ""
+    failure_reason: Reason = Reason.job_failed
     jobs: list[JobSummary] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)  # Jobs whose Pods can never start
+    blocked: dict[str, str] = field(default_factory=dict)  # stage -> why its Pod waits
 
 
 def plan(inp: PlanInput) -> Plan:
     """Decide the next step for one ModelOptimization."""
+    settled = _settled(inp)
+    if settled is not None:
+        return settled
     if isinstance(inp.spec, SpecError):
         return _invalid(inp, inp.spec)
     spec = inp.spec
+    refused = cluster_refusal(spec)
+    if refused is not None:
+        return invalid_spec_plan(
+            inp.status, inp.generation, refused, inp.now, Reason.unsupported_in_cluster
+        )
     fingerprints = spec_fingerprints(spec)
     enabled = set(enabled_stages(spec))
     walk = _Walk()
@@ -114,12 +129,28 @@ def plan(inp: PlanInput) -> Plan:
             _visit(inp, spec, stage, fingerprints[stage], walk)
     stale = tuple(
         sorted(
-            j.name
-            for j in inp.jobs
-            if j.phase == JobPhase.active and fingerprints.get(j.stage) != j.fingerprint
+            {
+                j.name
+                for j in inp.jobs
+                if j.phase == JobPhase.active and fingerprints.get(j.stage) != j.fingerprint
+            }
+            | set(walk.delete)
         )
     )
     return _finish(inp, walk, stale)
+
+
+def _settled(inp: PlanInput) -> Plan | None:
+    """A finished resource whose spec did not change since is left exactly as it is.
+
+    Nothing is re-planned, so an operator upgrade (other defaults, other
+    fingerprints, other Job names) can neither re-run nor stall it.
+    """
+    old = inp.status
+    if old.observed_generation != inp.generation or old.state not in _FINAL:
+        return None
+    action = Action.succeeded if old.state == State.succeeded else Action.failed
+    return Plan(action=action, status=old, extra={"settled": True})
 
 
 def _visit(
@@ -139,7 +170,8 @@ def _visit(
     base = _base_entry(old, stage, fingerprint, found)
     if found and len(found) == len(shards) and all(j.phase == JobPhase.succeeded for j in found):
         result = _merge_results([j.result for j in found])
-        walk.stages.append(record_result(base, result))
+        root = artifacts_root(spec.artifacts.uri, inp.namespace, inp.name)
+        walk.stages.append(record_result(base, result, root))
         walk.results[stage] = result or {}
         return
     walk.current = stage
@@ -176,6 +208,28 @@ def _visit(
             )
         )
         return
+    blocked = [j for j in found if j.phase == JobPhase.active and j.blocked]
+    if blocked and _gives_up(inp, blocked[0]):
+        # A Pod that cannot start (missing Secret, bad image, no node) fails the stage
+        # instead of holding a concurrency slot; its Job goes so the Pod stops retrying.
+        stuck = blocked[0]
+        text = f"Pod cannot start: {stuck.blocked}"
+        walk.failure = f"stage {stage} failed (Job {stuck.name}): {text}"
+        walk.failure_reason = Reason.pod_cannot_start
+        walk.outcome = Action.failed
+        walk.delete.append(stuck.name)
+        walk.stages.append(
+            base.model_copy(
+                update={
+                    "state": StageState.failed,
+                    "message": _cap(text, STAGE_MESSAGE_LIMIT),
+                    "progress": None,
+                }
+            )
+        )
+        return
+    if blocked:
+        walk.blocked[stage] = blocked[0].blocked_reason
     missing = [shard for shard, job in chosen.items() if job is None]
     if missing and not found and not inp.slots.free_for(inp.key):
         walk.outcome = Action.wait_for_capacity
@@ -186,13 +240,20 @@ def _visit(
     running = sum(1 for j in found if j.phase == JobPhase.active)
     missing = within_parallelism(spec, running, missing)
     for shard in missing:
-        name = job_name(inp.name, stage, inp.generation, shard)
+        name = job_name(inp.name, stage, inp.generation, shard, fingerprint=fingerprint)
         walk.create.append(JobRequest(stage, name, fingerprint, inp.generation, shard))
         walk.jobs.append(JobSummary(name=name, stage=stage))
     walk.outcome = Action.create_jobs if missing else Action.wait
     first = found[0].name if found else walk.create[0].name
     message = f"Job {first} created" if missing else f"Job {first} running"
-    keep = old is not None and old.job_name == first and old.state == StageState.running
+    if blocked:
+        message = f"Pod cannot start yet: {blocked[0].blocked}"
+    keep = (
+        old is not None
+        and old.job_name == first
+        and old.state == StageState.running
+        and not blocked
+    )
     walk.stages.append(
         base.model_copy(
             update={
@@ -204,6 +265,14 @@ def _visit(
             }
         )
     )
+
+
+def _gives_up(inp: PlanInput, job: ObservedJob) -> bool:
+    """Whether a Pod that cannot start has waited long enough (or can never start)."""
+    if job.blocked_fatal:
+        return True
+    waited = seconds_between(job.blocked_since, inp.now)
+    return waited is not None and waited >= inp.start_timeout
 
 
 def _pick(inp: PlanInput, stage: str, shard: str, fingerprint: str) -> ObservedJob | None:
@@ -272,7 +341,10 @@ def _merge_results(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] |
 def _finish(inp: PlanInput, walk: _Walk, stale: tuple[str, ...]) -> Plan:
     """Assemble status, conditions and events from the walk."""
     old = inp.status
-    artifacts = _artifacts(old.artifacts, walk)
+    root = ""
+    if not isinstance(inp.spec, SpecError):
+        root = artifacts_root(inp.spec.artifacts.uri, inp.namespace, inp.name)
+    artifacts = _artifacts(old.artifacts, walk, root)
     metrics = _metrics(old.metrics, walk)
     state, summary = _state_and_summary(inp, walk, metrics)
     conditions = _conditions(inp, walk, state, summary)
@@ -303,13 +375,13 @@ def _finish(inp: PlanInput, walk: _Walk, stale: tuple[str, ...]) -> Plan:
     )
 
 
-def _artifacts(old: Artifacts, walk: _Walk) -> Artifacts:
+def _artifacts(old: Artifacts, walk: _Walk, root: str) -> Artifacts:
     """Keep the URIs of stages still done; replace those just recorded; drop the rest."""
     values = old.model_dump(by_alias=False)
     for (stage, _), attr in ARTIFACT_FIELDS.items():
         if stage in walk.cleared:
             values[attr] = None
-    fresh = artifacts_from(walk.results).model_dump(by_alias=False, exclude_none=True)
+    fresh = artifacts_from(walk.results, root).model_dump(by_alias=False, exclude_none=True)
     return Artifacts(**{**values, **fresh})
 
 
@@ -361,7 +433,7 @@ def _conditions(inp: PlanInput, walk: _Walk, state: State, summary: str) -> list
     if done:
         reason = Reason.all_stages_completed
     elif state == State.failed:
-        reason = Reason.job_failed
+        reason = walk.failure_reason
     elif state == State.waiting:
         reason = Reason.waiting_for_capacity
     else:
@@ -390,8 +462,10 @@ def _stage_condition(
     if entry.state == StageState.skipped:
         return "False", Reason.skipped
     if entry.state == StageState.failed:
-        return "False", Reason.job_failed
+        return "False", walk.failure_reason
     if entry.state == StageState.running:
+        if entry.name in walk.blocked:
+            return "False", walk.blocked[entry.name]  # the Pod's own word: ImagePullBackOff
         return "False", Reason.running if entry.progress else Reason.job_created
     if entry.name == walk.current and walk.outcome == Action.wait_for_capacity:
         return "False", Reason.waiting_for_capacity
@@ -403,15 +477,21 @@ def _invalid(inp: PlanInput, err: SpecError) -> Plan:
 
 
 def invalid_spec_plan(
-    old: ModelOptimizationStatus, generation: int, err: SpecError, now: str
+    old: ModelOptimizationStatus,
+    generation: int,
+    err: SpecError,
+    now: str,
+    reason: Reason = Reason.invalid_spec,
 ) -> Plan:
-    """A spec that passed the schema but not the models: say which field, do nothing else."""
-    message = f"invalid spec: {err}"
+    """A spec that passed the schema but not the models (or cannot work on a cluster):
+    say which field, do nothing else."""
+    lead = "invalid spec" if reason == Reason.invalid_spec else "cannot run on a cluster"
+    message = f"{lead}: {err}"
     conds = set_condition(
-        old.conditions, ConditionType.failed, "True", Reason.invalid_spec, message, now, generation
+        old.conditions, ConditionType.failed, "True", reason, message, now, generation
     )
     for type_ in (ConditionType.ready, ConditionType.succeeded):
-        conds = set_condition(conds, type_, "False", Reason.invalid_spec, message, now, generation)
+        conds = set_condition(conds, type_, "False", reason, message, now, generation)
     status = old.model_copy(
         update={
             "observed_generation": generation,
@@ -430,7 +510,12 @@ def invalid_spec_plan(
 
 
 def _summaries(jobs: Sequence[ObservedJob], stage: str, fingerprint: str) -> list[JobSummary]:
-    return [_summary(j) for j in jobs if j.stage == stage and j.fingerprint == fingerprint]
+    """A finished stage's Jobs of this run: a failed try before a retry is history."""
+    return [
+        _summary(j)
+        for j in jobs
+        if j.stage == stage and j.fingerprint == fingerprint and j.phase != JobPhase.failed
+    ]
 
 
 def _summary(job: ObservedJob) -> JobSummary:

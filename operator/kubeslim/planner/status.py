@@ -21,6 +21,7 @@ from kubeslim.api.status import (
     StageStatus,
 )
 from kubeslim.planner.model import Event
+from kubeslim.store.base import resolve
 
 CONDITION_ORDER: tuple[str, ...] = (
     ConditionType.ready,
@@ -40,7 +41,9 @@ ARTIFACT_FIELDS: dict[tuple[str, str], str] = {
 }
 STAGE_MESSAGE_LIMIT = 4096
 CONDITION_MESSAGE_LIMIT = 8192
-WARNING_REASONS = frozenset({Reason.job_failed, Reason.invalid_spec})
+WARNING_REASONS = frozenset(
+    {Reason.job_failed, Reason.invalid_spec, Reason.unsupported_in_cluster, Reason.pod_cannot_start}
+)
 
 
 def set_condition(
@@ -105,7 +108,7 @@ def stage_entry(status: ModelOptimizationStatus, stage: str) -> StageStatus | No
     return next((s for s in status.stages if s.name == stage), None)
 
 
-def record_result(entry: StageStatus, result: dict[str, Any] | None) -> StageStatus:
+def record_result(entry: StageStatus, result: dict[str, Any] | None, root: str) -> StageStatus:
     """A stage entry marked Succeeded with what its termination message said."""
     update: dict[str, Any] = {"state": StageState.succeeded, "progress": None}
     if result is None:
@@ -116,18 +119,18 @@ def record_result(entry: StageStatus, result: dict[str, Any] | None) -> StageSta
         update["duration_seconds"] = round(float(duration), 3)
     uri = result.get("result_uri") or result.get("resultUri")
     if isinstance(uri, str) and uri:
-        update["result_uri"] = uri[:1024]
+        update["result_uri"] = resolve(root, uri)[:1024]
     update["message"] = "reused a cached result" if result.get("reused") else "completed"
     return entry.model_copy(update=update)
 
 
-def artifacts_from(results: dict[str, dict[str, Any]]) -> Artifacts:
-    """status.artifacts from the recorded stage results' outputs."""
+def artifacts_from(results: dict[str, dict[str, Any]], root: str) -> Artifacts:
+    """status.artifacts from the recorded stage results' outputs, as full URIs below root."""
     values: dict[str, str] = {}
     for (stage, output), attr in ARTIFACT_FIELDS.items():
         uri = (results.get(stage) or {}).get("outputs", {}).get(output)
         if isinstance(uri, str) and uri:
-            values[attr] = uri
+            values[attr] = resolve(root, uri)[:1024]
     return Artifacts(**values)
 
 

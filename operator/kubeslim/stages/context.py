@@ -12,7 +12,7 @@ from kubeslim.api.spec import ModelOptimizationSpec
 from kubeslim.errors import KubeslimError
 from kubeslim.progress import Reporter
 from kubeslim.stages.result import StageResult
-from kubeslim.store.base import ArtifactStore
+from kubeslim.store.base import ArtifactStore, key_of
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +52,7 @@ class StageContext:
 
     def fetch_output(self, stage: str, name: str) -> Path:
         """A local copy of an upstream output (with an IR's .bin)."""
-        uri = self.upstream(stage).outputs[name]
-        key = uri.removeprefix(self.store.root + "/")
+        key = output_key(self.store, self.upstream(stage).outputs[name])
         local = self.scratch / "inputs" / key
         self.store.download(key, local)
         if key.endswith(".xml"):
@@ -93,6 +92,11 @@ class StageContext:
         """One preprocessed training image: traces see real shapes and values."""
         image, _ = self.splits.train[0]
         return self.preprocess(image.unsqueeze(0))
+
+
+def output_key(store: ArtifactStore, ref: str) -> str:
+    """The key of an output a result names (relative; full URIs from older results)."""
+    return key_of(store, ref)
 
 
 def file_digest(path: Path) -> str:

@@ -16,18 +16,29 @@ class StageResult(BaseModel):
 
     stage: str
     fingerprint: str = Field(description="content hash of the stage's inputs and spec")
-    outputs: dict[str, str] = Field(default={}, description="name -> URI of each output")
+    outputs: dict[str, str] = Field(
+        default={}, description="name -> key of each output, relative to the artifacts root"
+    )
     metrics: dict[str, Any] = Field(default={}, description="stage-specific figures")
     details: dict[str, Any] = Field(default={}, description="large tables (per-layer, ...)")
     duration_seconds: float = 0.0
     reused: bool = False
-    result_uri: str = ""
+    result_uri: str = Field(
+        default="", description="key of this result.json, relative to the artifacts root"
+    )
+    checkpoint_digest: str | None = Field(
+        default=None, description="sha256 of the checkpoint bytes the stage read"
+    )
 
     def compact(self) -> str:
         """A short JSON for the termination message: no details, bounded size."""
-        body = self.model_dump(mode="json", exclude={"details"})
+        body = self.model_dump(mode="json", exclude={"details"}, exclude_none=True)
         text = json.dumps(body, separators=(",", ":"))
-        if len(text) > TERMINATION_MESSAGE_LIMIT:
-            body["metrics"] = {}
+        # The kubelet cuts the message at 4096 bytes; drop what the operator can do
+        # without (it reads the full result.json never), largest first.
+        for bulky in ("metrics", "outputs"):
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                break
+            body[bulky] = {}
             text = json.dumps(body, separators=(",", ":"))
         return text

@@ -7,23 +7,31 @@ and, through child processes, behind `kubeslim run`.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
-from kubeslim import __version__
-from kubeslim.api.manifest import load_manifest, parse_spec
+from kubeslim.api.manifest import load_manifest
 from kubeslim.api.spec import ModelOptimizationSpec
-from kubeslim.errors import KubeslimError, SpecError
+from kubeslim.errors import KubeslimError, SpecError, describe_validation_error
 from kubeslim.progress import Reporter
-from kubeslim.stages.context import StageContext, StageOutput, file_digest
+from kubeslim.stages.context import StageContext, StageOutput, file_digest, output_key
+from kubeslim.stages.inputs import check_inputs
 from kubeslim.stages.pipeline import STAGE_SECTIONS, digest, stage_enabled
 from kubeslim.stages.result import StageResult
 from kubeslim.store import ArtifactStore, open_store
+
+# Bumped by hand when a stage's outputs change meaning, so results of older
+# versions are recomputed. The release version is deliberately not hashed: an
+# upgrade must not re-run work whose inputs did not change.
+RESULT_FORMAT = 1
 
 StageFn = Callable[[StageContext], StageOutput]
 
@@ -69,21 +77,46 @@ def fingerprint(name: str, ctx: StageContext) -> str:
     dumped = spec.model_dump(mode="json")
     parts: dict[str, object] = {
         "stage": name,
-        "version": __version__,
+        "format": RESULT_FORMAT,
         "spec": {k: dumped[k] for k in STAGE_SECTIONS[name]},
         "upstream": {
             s: ctx.upstream(s).fingerprint for s in UPSTREAM[name] if stage_enabled(spec, s)
         },
     }
-    if name in ("prune", "convert") and spec.model.checkpoint:
-        from kubeslim.store.cache import fetch
-
-        parts["checkpoint"] = file_digest(fetch(spec.model.checkpoint))
+    checkpoint = checkpoint_digest(name, spec)
+    if checkpoint:
+        parts["checkpoint"] = checkpoint
     if name == "select":
         from kubeslim.stages.select import candidate_fingerprints
 
         parts["candidates"] = candidate_fingerprints(ctx)
     return digest(parts)
+
+
+def checkpoint_digest(name: str, spec: ModelOptimizationSpec) -> str | None:
+    """sha256 of the checkpoint's bytes, for the stages that read it."""
+    if name not in ("prune", "convert") or not spec.model.checkpoint:
+        return None
+    from kubeslim.store.cache import fetch
+
+    try:
+        return file_digest(fetch(spec.model.checkpoint))
+    except FileNotFoundError:
+        raise SpecError("spec.model.checkpoint", f"no such file: {spec.model.checkpoint}") from None
+
+
+def check_same_checkpoint(name: str, ctx: StageContext, current: str | None) -> None:
+    """Refuse to mix weights: convert's baseline must come from the bytes prune started from."""
+    if name != "convert" or current is None or not stage_enabled(ctx.spec, "prune"):
+        return
+    used = ctx.upstream("prune").checkpoint_digest
+    if used and used != current:
+        raise SpecError(
+            "spec.model.checkpoint",
+            f"its content changed since stage prune ran (sha256 {used[:12]} then, "
+            f"{current[:12]} now): run the pipeline again from prune "
+            "(on a cluster: annotate the resource kubeslim.dev/retry)",
+        )
 
 
 def run_stage(
@@ -94,9 +127,12 @@ def run_stage(
     force: bool = False,
 ) -> StageResult:
     """Reuse the stored result if its inputs are unchanged, else run and commit."""
+    check_inputs(spec)
     with tempfile.TemporaryDirectory(prefix=f"kubeslim-{name}-") as tmp:
         ctx = StageContext(spec=spec, store=store, reporter=reporter, scratch=Path(tmp))
         fp = fingerprint(name, ctx)
+        checkpoint = checkpoint_digest(name, spec)
+        check_same_checkpoint(name, ctx, checkpoint)
         key = f"{name}/result.json"
         cached = _cached(store, key, fp)
         if cached is not None and not force:
@@ -106,6 +142,9 @@ def run_stage(
         started = time.monotonic()
         output = stage_function(name)(ctx)
         outputs = _publish(store, f"{name}/{fp[:16]}", output)
+        # Keys relative to the artifacts root: a reader with another mount point or
+        # endpoint resolves them against its own root, and the compact result stays
+        # small whatever the root's length.
         result = StageResult(
             stage=name,
             fingerprint=fp,
@@ -113,7 +152,8 @@ def run_stage(
             metrics=output.metrics,
             details=output.details,
             duration_seconds=round(time.monotonic() - started, 2),
-            result_uri=store.uri(key),
+            result_uri=key,
+            checkpoint_digest=checkpoint,
         )
         store.write_json(key, result.model_dump(mode="json"))
         return result
@@ -128,8 +168,7 @@ def _cached(store: ArtifactStore, key: str, fp: str) -> StageResult | None:
         return None
     if result.fingerprint != fp:
         return None
-    prefix = store.root + "/"
-    if not all(store.exists(u.removeprefix(prefix)) for u in result.outputs.values()):
+    if not all(store.exists(output_key(store, u)) for u in result.outputs.values()):
         return None
     return result
 
@@ -139,11 +178,11 @@ def _publish(store: ArtifactStore, prefix: str, output: StageOutput) -> dict[str
     never visible without the files it needs."""
     for path in output.companions:
         store.upload(path, f"{prefix}/{path.name}")
-    uris = {}
+    keys = {}
     for name, path in output.files.items():
         store.upload(path, f"{prefix}/{path.name}")
-        uris[name] = store.uri(f"{prefix}/{path.name}")
-    return uris
+        keys[name] = f"{prefix}/{path.name}"
+    return keys
 
 
 def run_stage_command(
@@ -161,6 +200,7 @@ def run_stage_command(
     With a candidate, the stage runs that search candidate's pipeline: its spec
     (the candidate's target) under <artifacts>/candidates/<candidate>/.
     """
+    stop_on_sigterm()
     try:
         spec = _load_spec(manifest, spec_json)
         store = open_store(artifacts or spec.artifacts.uri)
@@ -170,14 +210,33 @@ def run_stage_command(
             spec, store = candidate_run(spec, store, candidate)
         result = run_stage(name, spec, store, Reporter(progress), force=force)
     except KubeslimError as err:
-        _write(result_file, json.dumps({"stage": name, "error": str(err)}))
+        failure: dict[str, Any] = {"stage": name, "error": str(err), "exitCode": err.exit_code}
+        if isinstance(err, SpecError):
+            failure["field"] = err.field
+        _write(result_file, json.dumps(failure)[:3500])
         raise
     compact = result.compact()
     _write(result_file, compact)
     state = "reused" if result.reused else f"done in {result.duration_seconds:.1f}s"
-    print(f"stage {name}: {state} -> {result.result_uri}", file=sys.stderr)
+    print(f"stage {name}: {state} -> {store.uri(result.result_uri)}", file=sys.stderr)
     print("KUBESLIM_RESULT " + compact, flush=True)
     return 0
+
+
+def stop_on_sigterm() -> None:
+    """Exit at once on SIGTERM (Job deleted, node drained).
+
+    In a container the stage is PID 1, which the kernel shields from signals
+    without a handler: without this a deleted Pod would wait out its whole
+    grace period before SIGKILL.
+    """
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        del frame
+        print("error: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def _load_spec(manifest: str | None, spec_json: str | None) -> ModelOptimizationSpec:
@@ -187,7 +246,43 @@ def _load_spec(manifest: str | None, spec_json: str | None) -> ModelOptimization
         raw = json.loads(spec_json or "")
     except json.JSONDecodeError as err:
         raise SpecError("--spec-json", f"expected a JSON object: {err}") from None
-    return parse_spec(raw)
+    if not isinstance(raw, dict):
+        raise SpecError("--spec-json", "expected a JSON object")
+    spec, ignored = parse_newer_spec(raw)
+    if ignored:
+        print(
+            "warning: this stage image does not know these spec fields (a newer operator "
+            f"set them); ignoring: {', '.join(ignored)}",
+            file=sys.stderr,
+        )
+    return spec
+
+
+def parse_newer_spec(raw: dict[str, Any]) -> tuple[ModelOptimizationSpec, list[str]]:
+    """The spec an operator sent, minus fields this (older) image does not know.
+
+    A manifest given by hand stays strict (a misspelt field is an error); the
+    operator's copy may come from a newer version whose new fields this stage
+    cannot act on anyway.
+    """
+    data = json.loads(json.dumps(raw))
+    ignored: list[str] = []
+    while True:
+        try:
+            return ModelOptimizationSpec.model_validate(data), ignored
+        except ValidationError as err:
+            extra = [e["loc"] for e in err.errors() if e["type"] == "extra_forbidden"]
+            if not extra:
+                raise describe_validation_error(err) from None
+            for loc in extra:
+                _drop(data, loc)
+                ignored.append(".".join(["spec", *map(str, loc)]))
+
+
+def _drop(data: Any, loc: tuple[int | str, ...]) -> None:
+    for part in loc[:-1]:
+        data = data[part]
+    data.pop(loc[-1], None)
 
 
 def _write(path: str | None, text: str) -> None:

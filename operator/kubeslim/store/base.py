@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from kubeslim.errors import StoreError
+from kubeslim.errors import MissingArtifact, StoreError
 
 
 class ArtifactStore(ABC):
@@ -71,6 +71,27 @@ class ArtifactStore(ABC):
                 self.upload(path, f"{prefix}/{rel}")
                 uris[rel] = self.uri(f"{prefix}/{rel}")
         return uris
+
+
+def is_absolute(ref: str) -> bool:
+    """A full URI or an absolute path, as results of older versions recorded."""
+    return "://" in ref or ref.startswith("/")
+
+
+def resolve(root: str, ref: str) -> str:
+    """A result's reference (a key relative to the artifacts root) as a full URI
+    below the reader's root; full URIs of older results stay as they are."""
+    return ref if is_absolute(ref) else f"{root.rstrip('/')}/{ref.lstrip('/')}"
+
+
+def key_of(store: ArtifactStore, ref: str) -> str:
+    """The store key of a result's reference (relative key, or a full URI below the root)."""
+    if not is_absolute(ref):
+        return ref
+    for root in (store.root, store.root.removeprefix("file://")):
+        if ref.startswith(root + "/"):
+            return ref[len(root) + 1 :]
+    raise MissingArtifact(f"{ref}: outside the artifacts root {store.root}")
 
 
 def open_store(uri: str) -> ArtifactStore:

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kubeslim.errors import StoreError
+from kubeslim.errors import MissingArtifact, StoreError
 from kubeslim.store.base import ArtifactStore
 
 
@@ -33,7 +33,7 @@ class LocalStore(ArtifactStore):
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"{self.uri(key)}: no such artifact") from None
+            raise MissingArtifact(f"{self.uri(key)}: no such artifact") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
@@ -50,7 +50,7 @@ class LocalStore(ArtifactStore):
     def download(self, key: str, local: Path) -> None:
         source = self.path(key)
         if not source.is_file():
-            raise StoreError(f"{self.uri(key)}: no such artifact")
+            raise MissingArtifact(f"{self.uri(key)}: no such artifact")
         with _atomic_target(Path(local)) as tmp:
             shutil.copyfile(source, tmp)
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from kubeslim.errors import StoreError
+from kubeslim.errors import MissingArtifact, StoreError, StoreUnavailable
 from kubeslim.store.base import ArtifactStore
 from kubeslim.store.local import _atomic_target
 
@@ -205,7 +205,7 @@ class S3Store(ArtifactStore):
                 raise _Absent() from None
             if missing == "artifact":
                 self._check_bucket()
-                raise StoreError(f"{self.uri(key)}: no such artifact") from None
+                raise MissingArtifact(f"{self.uri(key)}: no such artifact") from None
             self._fail(f"{self.uri(key)}: not found ({_code(err) or err})")
         except PermissionError as err:
             self._fail(
@@ -213,12 +213,16 @@ class S3Store(ArtifactStore):
                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket policy"
             )
         except botocore.exceptions.EndpointConnectionError:
-            self._fail(f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}")
+            # Not the spec's fault: a Job retries this with back-off (exit 75).
+            self._fail(
+                f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'}", StoreUnavailable
+            )
         except (OSError, botocore.exceptions.BotoCoreError) as err:
-            self._fail(f"{self.uri(key)}: {_describe(err)}")
+            # Timeouts, dropped connections, 5xx answers: transient as well.
+            self._fail(f"{self.uri(key)}: {_describe(err)}", StoreUnavailable)
 
-    def _fail(self, message: str) -> NoReturn:
-        raise StoreError(f"artifacts.uri {self.root}: {message}") from None
+    def _fail(self, message: str, kind: type[StoreError] = StoreError) -> NoReturn:
+        raise kind(f"artifacts.uri {self.root}: {message}") from None
 
     def _where(self) -> str:
         return f" at {self.endpoint}" if self.endpoint else ""
