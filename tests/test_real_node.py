@@ -320,6 +320,25 @@ def test_pvc_dir_is_shared_between_the_test_and_non_root_pods(
     assert (shared / "output.txt").read_text() == "pod"
 
 
+def test_a_missing_image_fails_without_leaving_the_machine(
+    cluster: Cluster, namespace: str
+) -> None:
+    """No registry is reachable: a pull goes to a closed loopback port and
+    fails at once, instead of a DNS query for the registry."""
+    manifest = pod("pulled", "ghcr.io/kubeslim/none:0", "")
+    manifest["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    cluster.apply(manifest, namespace=namespace)
+    core = client.CoreV1Api(cluster.api_client())
+
+    def waiting() -> Any:
+        statuses = core.read_namespaced_pod("pulled", namespace).status.container_statuses or []
+        return statuses[0].state.waiting if statuses and statuses[0].state.waiting else None
+
+    wait_for("the pull to fail", lambda: waiting() and waiting().message, TIMEOUT_S)
+    assert waiting().reason in ("ErrImagePull", "ImagePullBackOff")
+    assert "127.0.0.1:9" in waiting().message
+
+
 def test_import_image_makes_a_docker_archive_runnable(cluster: Cluster, namespace: str) -> None:
     """The path the project's images take: a docker-archive imported into the
     node's containerd, then run with imagePullPolicy Never."""

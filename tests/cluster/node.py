@@ -209,6 +209,12 @@ class RealNode:
     def _start_containerd(self) -> None:
         config = self.dir / "containerd.toml"
         config.write_text(self._containerd_config())
+        # Every registry resolves to a closed loopback port: a missing image
+        # fails at once (ErrImagePull naming 127.0.0.1:9) instead of a DNS
+        # query and a pull from outside the machine.
+        default = self.dir / "registries" / "_default"
+        default.mkdir(parents=True, exist_ok=True)
+        (default / "hosts.toml").write_text('server = "http://127.0.0.1:9"\n')
         cni = self.dir / "cni"
         cni.mkdir(parents=True, exist_ok=True)
         (cni / "10-kubeslim.conflist").write_text(json.dumps(self._cni_config(), indent=2))
@@ -252,6 +258,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{self.pause_image}"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "{self.dir / "registries"}"
 [{runtime}]
   # root here cannot raise oom_score_adj (no CAP_SYS_RESOURCE): without
   # this every sandbox fails with "can't get final child's PID from pipe".
