@@ -289,7 +289,9 @@ def remove_leftovers() -> None:
     builder's venv, gigabytes for the trainer. Called under the build lock, so none of
     them belongs to a running build of ours."""
     listed = run(["buildah", "containers", "--json"], capture_output=True).stdout
-    ours = [c["id"] for c in json.loads(listed or "[]") if c["imagename"].startswith(REPOSITORY)]
+    ours = [
+        c["id"] for c in json.loads(listed or "null") or [] if c["imagename"].startswith(REPOSITORY)
+    ]
     if ours:
         subprocess.run(["buildah", "rm", *ours], capture_output=True)
 
