@@ -217,3 +217,12 @@ def test_job_is_a_valid_kubernetes_object(stage: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     job = job_for(stage, pruning={"gpu": True}, execution={"datasetVolume": {"claimName": "d"}})
     kubernetes_validate.validate(job, "1.33", strict=True)
+
+
+def test_a_retried_stage_carries_its_round() -> None:
+    spec = parse_spec(BASE)
+    fingerprint = spec_fingerprints(spec)["prune"]
+    name = job_name("demo", "prune", 7, fingerprint=fingerprint, retry_round=2)
+    assert name.endswith("-r2")
+    job = build_job(spec, JobRequest("prune", name, fingerprint, 7, "", 2), OWNER, CONFIG)
+    assert job["metadata"]["labels"]["kubeslim.dev/retry-round"] == "2"

@@ -607,6 +607,47 @@ def test_an_upgrade_leaves_finished_resources_alone(env: Env) -> None:
     env.delete("finished")
 
 
+def _patch(env: Env, name: str, body: dict[str, Any]) -> None:
+    env.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, env.namespace, PLURAL, name, body,
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+
+def test_suspend_resume_retry_and_cancel(env: Env) -> None:
+    env.create("paused", SPEC, {"gate": ["prune"]})
+    _wait("prune running", lambda: env.jobs("paused") == ["paused-prune-g1"], env.operator)
+    _patch(env, "paused", {"spec": {"suspend": True}})
+    env.wait_state("paused", "Suspended", generation=2)
+    _wait("the running Job to go", lambda: env.jobs("paused") == [], env.operator)
+    assert env.condition("paused", "Suspended")["status"] == "True"
+    env.release("paused", "prune")
+    _patch(env, "paused", {"spec": {"suspend": False}})
+    env.wait_state("paused", "Succeeded", generation=3)
+    assert env.condition("paused", "Suspended")["reason"] == "Resumed"
+    assert "paused-prune-g3" in env.jobs("paused")
+    env.delete("paused")
+
+    # A failure that may not repeat: retried by annotation, the spec untouched.
+    env.create("retried", SPEC, {"transient": ["quantize"]})
+    env.wait_state("retried", "Failed")
+    _patch(env, "retried", {"metadata": {"annotations": {"kubeslim.dev/retry": "1"}}})
+    status = env.wait_state("retried", "Succeeded")
+    assert status["retries"] == 1 and status["lastRetry"] == "1"
+    assert "retried-quantize-g1-r1" in [
+        re.sub(r"-[0-9a-f]{8}-r", "-r", j) for j in env.job_names("retried")
+    ]
+    env.delete("retried")
+
+    env.create("cancelled", SPEC, {"gate": ["prune"]})
+    _wait("prune running", lambda: env.jobs("cancelled") == ["cancelled-prune-g1"], env.operator)
+    _patch(env, "cancelled", {"metadata": {"annotations": {"kubeslim.dev/cancel": "now"}}})
+    env.wait_state("cancelled", "Failed")
+    assert env.condition("cancelled", "Failed")["reason"] == "Cancelled"
+    _wait("its Job to go", lambda: env.jobs("cancelled") == [], env.operator)
+    env.delete("cancelled")
+
+
 @pytest.mark.slow
 def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
     if importlib.util.find_spec("kubeslim.stages.runner") is None:

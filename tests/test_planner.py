@@ -43,7 +43,7 @@ OUTPUTS = {
 
 def short(name: str) -> str:
     """A Job name without its fingerprint suffix (`demo-prune-g1-0a1b2c3d` -> `demo-prune-g1`)."""
-    return re.sub(r"-[0-9a-f]{8}$", "", name)
+    return re.sub(r"-[0-9a-f]{8}(-r\d+)?$", r"\1", name)
 
 
 def spec_of(**edits: Any) -> ModelOptimizationSpec:
@@ -580,3 +580,87 @@ def test_status_jobs_keep_only_the_current_run() -> None:
     world.step()  # records prune's result
     result = world.step()  # prune is history now: its failed first try is not listed
     assert [short(j.name) for j in result.status.jobs] == ["demo-prune-g2", "demo-convert-g2"]
+
+
+def _with_annotations(world: World, retry: str = "", cancel: str = "") -> Plan:
+    world.clock += 1
+    result = plan(
+        PlanInput(
+            name="demo",
+            namespace="ns",
+            generation=world.generation,
+            spec=world.spec,
+            status=world.status,
+            jobs=list(world.jobs.values()),
+            now=f"2026-11-27T07:00:{world.clock:02d}Z",
+            retry=retry,
+            cancel=cancel,
+        )
+    )
+    for request in result.create:
+        world.created.append(short(request.name))
+        world.jobs[request.name] = ObservedJob(
+            name=request.name,
+            stage=request.stage,
+            fingerprint=request.fingerprint,
+            generation=request.generation,
+            retry_round=request.retry_round,
+            active=1,
+        )
+    for name in result.delete:
+        world.deleted.append(short(name))
+        world.jobs.pop(name)
+    world.status = result.status
+    return result
+
+
+def test_suspend_deletes_running_jobs_and_resume_continues() -> None:
+    world = World(spec_of())
+    world.step()
+    world.finish("prune")
+    world.step()  # convert running
+    world.spec = spec_of(suspend=True)
+    world.generation = 2
+    result = world.step()
+    assert result.action == Action.suspended and not result.holds_slot and result.create == ()
+    assert [short(n) for n in result.delete] == ["demo-convert-g1"]
+    assert result.status.state == State.suspended
+    assert cond(result.status, ConditionType.suspended) == ("True", Reason.suspended)
+    assert cond(result.status, ConditionType.converted) == ("False", Reason.suspended)
+    assert world.step().create == ()  # stays suspended
+    world.spec = spec_of(suspend=False)
+    world.generation = 3
+    resumed = world.step()
+    assert [short(r.name) for r in resumed.create] == ["demo-convert-g3"]
+    assert cond(resumed.status, ConditionType.suspended) == ("False", Reason.resumed)
+    assert cond(resumed.status, ConditionType.pruned)[0] == "True"  # finished stages stay done
+
+
+def test_retry_annotation_reruns_the_failed_stage_without_a_spec_edit() -> None:
+    world = World(spec_of())
+    world.step()
+    world.finish("prune")
+    world.step()
+    world.fail("convert", "container exited 75: cannot reach the S3 endpoint")
+    assert world.step().action == Action.failed
+    assert _with_annotations(world).action == Action.failed  # nothing asked: stays failed
+    result = _with_annotations(world, retry="1")
+    assert [short(r.name) for r in result.create] == ["demo-convert-g1-r1"]
+    assert result.create[0].retry_round == 1
+    assert result.status.retries == 1 and result.status.last_retry == "1"
+    assert result.status.state == State.running
+    assert _with_annotations(world, retry="1").create == ()  # the same value: no new try
+    world.finish("convert")
+    assert _with_annotations(world, retry="1").stage == "quantize"
+
+
+def test_cancel_annotation_stops_the_pipeline() -> None:
+    world = World(spec_of())
+    world.step()
+    result = _with_annotations(world, cancel="now")
+    assert result.action == Action.failed and [short(n) for n in result.delete] == ["demo-prune-g1"]
+    assert cond(result.status, ConditionType.failed) == ("True", Reason.cancelled)
+    assert result.status.last_cancel == "now" and result.status.stages[0].state == "Failed"
+    assert _with_annotations(world, cancel="now").create == ()  # stays cancelled
+    again = _with_annotations(world, cancel="now", retry="go")  # retry starts it again
+    assert [short(r.name) for r in again.create] == ["demo-prune-g1-r1"]

@@ -14,6 +14,11 @@ LABEL_NAME = f"{GROUP}/modeloptimization"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_FINGERPRINT = f"{GROUP}/fingerprint"  # the stage fingerprint's first 16 hex digits
+LABEL_RETRY_ROUND = f"{GROUP}/retry-round"  # on Jobs made after a kubeslim.dev/retry
+
+# Annotations a person sets on a ModelOptimization; a new value is a new request.
+ANNOTATION_RETRY = f"{GROUP}/retry"  # run the failed stage again, spec unchanged
+ANNOTATION_CANCEL = f"{GROUP}/cancel"  # stop the pipeline: running Jobs go, state Failed
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubeslim"
 

@@ -721,6 +721,13 @@ class ModelOptimizationSpec(ApiModel):
     execution: ExecutionSpec = Field(
         default_factory=ExecutionSpec, description="execution settings for stage Jobs."
     )
+    suspend: bool = Field(
+        default=False,
+        description="suspend true stops the pipeline as a Job's suspend does: running stage "
+        "Jobs are deleted (their Pods stop), none is created, and the concurrency slot is "
+        "freed; false again resumes from the first unfinished stage. Finished stages stay "
+        "done.",
+    )
     search: SearchSpec | None = Field(
         default=None,
         description="search over pruning targets for the best model within an accuracy "

@@ -22,6 +22,7 @@ class State(StrEnum):
     pending = "Pending"
     waiting = "Waiting"
     running = "Running"
+    suspended = "Suspended"
     succeeded = "Succeeded"
     failed = "Failed"
 
@@ -43,6 +44,7 @@ class ConditionType(StrEnum):
     succeeded = "Succeeded"  # True when every enabled stage finished.
     failed = "Failed"  # True when the pipeline stopped on an error it will not retry.
     waiting = "Waiting"  # True while the operator's concurrency limit holds the pipeline back.
+    suspended = "Suspended"  # True while spec.suspend holds the pipeline (no Job runs).
     pruned = "Pruned"
     converted = "Converted"
     quantized = "Quantized"
@@ -77,6 +79,9 @@ class Reason(StrEnum):
     # The resource cannot work on a cluster (say, a local artifacts path no Pod shares).
     unsupported_in_cluster = "UnsupportedInCluster"
     pod_cannot_start = "PodCannotStart"  # The stage's Pod could not start (image, config, node).
+    suspended = "Suspended"  # spec.suspend is true: running Jobs were deleted, none is created.
+    resumed = "Resumed"  # spec.suspend went back to false.
+    cancelled = "Cancelled"  # The kubeslim.dev/cancel annotation stopped the pipeline.
 
 
 class Condition(ApiModel):
@@ -324,6 +329,22 @@ class ModelOptimizationStatus(ApiModel):
     accuracy_drop: str | None = Field(default=None, description="accuracyDrop for columns.")
     search: SearchStatus | None = Field(
         default=None, description="search: candidates and the chosen one, when spec.search is set."
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        description="retries: how many kubeslim.dev/retry requests were acted on; a retried "
+        "stage's Jobs carry this round in their name (-r<N>).",
+    )
+    last_retry: str | None = Field(
+        default=None,
+        max_length=253,
+        description="lastRetry: the kubeslim.dev/retry annotation value last acted on.",
+    )
+    last_cancel: str | None = Field(
+        default=None,
+        max_length=253,
+        description="lastCancel: the kubeslim.dev/cancel annotation value last acted on.",
     )
 
 

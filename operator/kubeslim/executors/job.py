@@ -21,6 +21,7 @@ from kubeslim.constants import (
     LABEL_GENERATION,
     LABEL_MANAGED_BY,
     LABEL_NAME,
+    LABEL_RETRY_ROUND,
     LABEL_STAGE,
     MANAGED_BY,
 )
@@ -74,13 +75,16 @@ def stage_command(
 
 def job_labels(owner: Owner, request: JobRequest) -> dict[str, str]:
     """Labels on the Job and its Pods: how the operator finds them again."""
-    return {
+    labels = {
         LABEL_NAME: owner.name,
         LABEL_STAGE: request.stage,
         LABEL_GENERATION: str(request.generation),
         LABEL_FINGERPRINT: request.fingerprint[:16],
         LABEL_MANAGED_BY: MANAGED_BY,
     }
+    if request.retry_round:
+        labels[LABEL_RETRY_ROUND] = str(request.retry_round)
+    return labels
 
 
 def pod_failure_policy() -> dict[str, Any]:

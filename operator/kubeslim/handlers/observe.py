@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubeslim.api.status import ModelOptimizationStatus, Progress
-from kubeslim.constants import LABEL_GENERATION, LABEL_STAGE, PROGRESS_MARKER
+from kubeslim.constants import LABEL_GENERATION, LABEL_RETRY_ROUND, LABEL_STAGE, PROGRESS_MARKER
 from kubeslim.executors.job import ANNOTATION_FINGERPRINT, ANNOTATION_SHARD, CONTAINER
 from kubeslim.planner.model import JobPhase, ObservedJob
 
@@ -43,10 +43,8 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         elif cond.get("type") == "Failed":
             phase = JobPhase.failed
             failure = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
-    try:
-        generation = int(labels.get(LABEL_GENERATION, "0"))
-    except ValueError:
-        generation = 0
+    generation = _int(labels.get(LABEL_GENERATION))
+    retry_round = _int(labels.get(LABEL_RETRY_ROUND))
     return ObservedJob(
         name=meta.get("name", ""),
         stage=labels.get(LABEL_STAGE, ""),
@@ -54,6 +52,7 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         generation=generation,
         phase=phase,
         shard=annotations.get(ANNOTATION_SHARD, ""),
+        retry_round=retry_round,
         active=int(status.get("active") or 0),
         ready=int(status.get("ready") or 0),
         succeeded=int(status.get("succeeded") or 0),
@@ -62,6 +61,13 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         completion_time=_rfc3339(status.get("completionTime")),
         failure=failure,
     )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def _rfc3339(value: Any) -> str | None:

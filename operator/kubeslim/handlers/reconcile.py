@@ -22,6 +22,7 @@ from kubeslim.api.manifest import parse_spec
 from kubeslim.api.spec import ModelOptimizationSpec
 from kubeslim.api.status import ModelOptimizationStatus, now_rfc3339
 from kubeslim.config import OperatorConfig
+from kubeslim.constants import ANNOTATION_CANCEL, ANNOTATION_RETRY
 from kubeslim.errors import SpecError
 from kubeslim.executors.job import Owner, build_job
 from kubeslim.handlers.kube import Kube, api_error
@@ -111,6 +112,8 @@ def reconcile(
                     slots=rt.table.slots(running),
                     now=now_rfc3339(),
                     start_timeout=rt.config.start_timeout,
+                    retry=_annotation(body, ANNOTATION_RETRY),
+                    cancel=_annotation(body, ANNOTATION_CANCEL),
                 )
             )
             rt.table.settle(key, decided.holds_slot)
@@ -127,6 +130,10 @@ def reconcile(
         for event in decided.events:
             kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
         return decided
+
+
+def _annotation(body: dict[str, Any], key: str) -> str:
+    return str((body["metadata"].get("annotations") or {}).get(key) or "")
 
 
 def _parse(body: dict[str, Any]) -> ModelOptimizationSpec | SpecError:

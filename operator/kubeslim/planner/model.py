@@ -35,6 +35,7 @@ class ObservedJob:
     generation: int  # the resource's generation when it was created (label)
     phase: JobPhase = JobPhase.active
     shard: str = ""  # "" for a stage that runs as one Job
+    retry_round: int = 0  # the retry round that created it (label); 0 before any retry
     active: int = 0
     ready: int = 0  # Pods running and ready: when 0 while active, its Pods may be stuck
     succeeded: int = 0
@@ -75,6 +76,8 @@ class PlanInput:
     slots: Slots = Slots()
     now: str = ""
     start_timeout: float = 600.0  # seconds a stage Pod may wait to start (image pull, node)
+    retry: str = ""  # the kubeslim.dev/retry annotation: a new value retries a failed stage
+    cancel: str = ""  # the kubeslim.dev/cancel annotation: a new value stops the pipeline
 
     @property
     def key(self) -> str:
@@ -91,6 +94,7 @@ class Action(StrEnum):
     succeeded = "Succeeded"  # every enabled stage finished (terminal)
     failed = "Failed"  # a stage failed for this spec (terminal until the spec changes)
     invalid_spec = "InvalidSpec"  # the spec failed validation (terminal until it changes)
+    suspended = "Suspended"  # spec.suspend: running Jobs go, none is created
 
 
 TERMINAL_ACTIONS = frozenset({Action.succeeded, Action.failed, Action.invalid_spec})
@@ -105,6 +109,7 @@ class JobRequest:
     fingerprint: str
     generation: int
     shard: str = ""
+    retry_round: int = 0  # status.retries when it was planned (kubeslim.dev/retry requests)
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,13 @@ def artifacts_root(uri: str, namespace: str, name: str) -> str:
 
 
 def job_name(
-    resource: str, stage: str, generation: int, shard: str = "", *, fingerprint: str = ""
+    resource: str,
+    stage: str,
+    generation: int,
+    shard: str = "",
+    *,
+    fingerprint: str = "",
+    retry_round: int = 0,
 ) -> str:
     """`<resource>-<stage>-g<generation>-<fingerprint[:8]>[-<shard>]`, cut and hashed to
     fit 63 characters.
@@ -165,6 +176,7 @@ def job_name(
     name += (f"-{fingerprint[:FINGERPRINT_CHARS]}" if fingerprint else "") + (
         f"-{shard}" if shard else ""
     )
+    name += f"-r{retry_round}" if retry_round else ""
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]

@@ -13,7 +13,7 @@ created (within the concurrency limit), waited for, or found failed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubeslim.api.spec import ModelOptimizationSpec
@@ -97,6 +97,10 @@ class _Walk:
 
 def plan(inp: PlanInput) -> Plan:
     """Decide the next step for one ModelOptimization."""
+    if _asked(inp.cancel, inp.status.last_cancel):
+        return _cancel(inp)
+    if _asked(inp.retry, inp.status.last_retry):
+        inp = _begin_retry(inp)
     settled = _settled(inp)
     if settled is not None:
         return settled
@@ -127,6 +131,8 @@ def plan(inp: PlanInput) -> Plan:
             walk.cleared.add(stage)
         else:
             _visit(inp, spec, stage, fingerprints[stage], walk)
+    if spec.suspend and walk.outcome not in (Action.succeeded, Action.failed):
+        _suspend(inp, walk)
     stale = tuple(
         sorted(
             {
@@ -240,8 +246,11 @@ def _visit(
     running = sum(1 for j in found if j.phase == JobPhase.active)
     missing = within_parallelism(spec, running, missing)
     for shard in missing:
-        name = job_name(inp.name, stage, inp.generation, shard, fingerprint=fingerprint)
-        walk.create.append(JobRequest(stage, name, fingerprint, inp.generation, shard))
+        rounds = inp.status.retries
+        name = job_name(
+            inp.name, stage, inp.generation, shard, fingerprint=fingerprint, retry_round=rounds
+        )
+        walk.create.append(JobRequest(stage, name, fingerprint, inp.generation, shard, rounds))
         walk.jobs.append(JobSummary(name=name, stage=stage))
     walk.outcome = Action.create_jobs if missing else Action.wait
     first = found[0].name if found else walk.create[0].name
@@ -267,6 +276,94 @@ def _visit(
     )
 
 
+def _asked(token: str, handled: str | None) -> bool:
+    """Whether an annotation carries a request not acted on yet."""
+    return bool(token) and token != handled
+
+
+def _cancel(inp: PlanInput) -> Plan:
+    """kubeslim.dev/cancel: running Jobs go, the pipeline fails with reason Cancelled.
+
+    A finished pipeline only notes the request. A spec edit or kubeslim.dev/retry
+    starts again.
+    """
+    old = inp.status
+    noted = old.model_copy(update={"last_cancel": inp.cancel})
+    if old.state in _FINAL and old.observed_generation == inp.generation:
+        action = Action.succeeded if old.state == State.succeeded else Action.failed
+        return Plan(action=action, status=noted)
+    message = "cancelled: the kubeslim.dev/cancel annotation stopped the pipeline"
+    gen, now = inp.generation, inp.now
+    conds = list(old.conditions)
+    conds = set_condition(conds, ConditionType.failed, "True", Reason.cancelled, message, now, gen)
+    for type_ in (ConditionType.ready, ConditionType.succeeded):
+        conds = set_condition(conds, type_, "False", Reason.cancelled, message, now, gen)
+    stages = [
+        s.model_copy(update={"state": StageState.failed, "message": "cancelled", "progress": None})
+        if s.state == StageState.running
+        else s
+        for s in old.stages
+    ]
+    status = noted.model_copy(
+        update={
+            "observed_generation": gen,
+            "state": State.failed,
+            "summary": message,
+            "conditions": conds,
+            "stages": stages,
+        }
+    )
+    active = tuple(sorted(j.name for j in inp.jobs if j.phase == JobPhase.active))
+    return Plan(
+        action=Action.failed,
+        status=status,
+        delete=active,
+        events=transitions(old.conditions, conds),
+        stage=old.current_stage,
+    )
+
+
+def _begin_retry(inp: PlanInput) -> PlanInput:
+    """kubeslim.dev/retry: a failed or cancelled pipeline runs its failed stage again
+    (new Jobs, named -r<round>); finished stages stay done."""
+    old = inp.status
+    stages = [
+        s.model_copy(update={"state": StageState.pending, "message": "retried"})
+        if s.state == StageState.failed
+        else s
+        for s in old.stages
+    ]
+    status = old.model_copy(
+        update={
+            "retries": old.retries + 1,
+            "last_retry": inp.retry,
+            "stages": stages,
+            "state": State.pending if old.state == State.failed else old.state,
+        }
+    )
+    return replace(inp, status=status)
+
+
+def _suspend(inp: PlanInput, walk: _Walk) -> None:
+    """spec.suspend: create nothing, delete the running Jobs, free the slot."""
+    walk.create.clear()
+    walk.jobs = [j for j in walk.jobs if any(o.name == j.name for o in inp.jobs)]
+    walk.delete.extend(j.name for j in inp.jobs if j.phase == JobPhase.active)
+    walk.outcome = Action.suspended
+    walk.stages = [
+        s.model_copy(
+            update={
+                "state": StageState.pending,
+                "message": "suspended (spec.suspend)",
+                "progress": None,
+            }
+        )
+        if s.name == walk.current
+        else s
+        for s in walk.stages
+    ]
+
+
 def _gives_up(inp: PlanInput, job: ObservedJob) -> bool:
     """Whether a Pod that cannot start has waited long enough (or can never start)."""
     if job.blocked_fatal:
@@ -280,7 +377,8 @@ def _pick(inp: PlanInput, stage: str, shard: str, fingerprint: str) -> ObservedJ
 
     A succeeded Job wins, then a running one, whatever generation made it (an
     edit that does not touch the stage must not restart it). A failed Job counts
-    only for the current generation: an edit (say, more memory) retries the stage.
+    only for the current generation and retry round: an edit (say, more memory)
+    or a kubeslim.dev/retry annotation retries the stage.
     """
     candidates = [
         j
@@ -288,7 +386,10 @@ def _pick(inp: PlanInput, stage: str, shard: str, fingerprint: str) -> ObservedJ
         if j.stage == stage
         and j.shard == shard
         and j.fingerprint == fingerprint
-        and (j.phase != JobPhase.failed or j.generation >= inp.generation)
+        and (
+            j.phase != JobPhase.failed
+            or (j.generation >= inp.generation and j.retry_round >= inp.status.retries)
+        )
     ]
     if not candidates:
         return None
@@ -412,6 +513,8 @@ def _state_and_summary(inp: PlanInput, walk: _Walk, metrics: Metrics | None) -> 
         return State.succeeded, success_summary(metrics)
     if walk.outcome == Action.failed:
         return State.failed, walk.failure.splitlines()[0] if walk.failure else "failed"
+    if walk.outcome == Action.suspended:
+        return State.suspended, f"suspended (spec.suspend) before {walk.current}"
     if walk.outcome == Action.wait_for_capacity:
         limit = inp.slots.limit
         return State.waiting, f"waiting for capacity ({limit} optimizations running at once)"
@@ -436,6 +539,8 @@ def _conditions(inp: PlanInput, walk: _Walk, state: State, summary: str) -> list
         reason = walk.failure_reason
     elif state == State.waiting:
         reason = Reason.waiting_for_capacity
+    elif state == State.suspended:
+        reason = Reason.suspended
     else:
         reason = Reason.in_progress
     conds = set_condition(conds, ConditionType.ready, _b(done), reason, summary, now, gen)
@@ -446,7 +551,15 @@ def _conditions(inp: PlanInput, walk: _Walk, state: State, summary: str) -> list
     waiting = state == State.waiting
     wait_reason = Reason.waiting_for_capacity if waiting else Reason.capacity_available
     wait_msg = summary if waiting else ""
-    return set_condition(conds, ConditionType.waiting, _b(waiting), wait_reason, wait_msg, now, gen)
+    conds = set_condition(
+        conds, ConditionType.waiting, _b(waiting), wait_reason, wait_msg, now, gen
+    )
+    suspended = state == State.suspended
+    if suspended or find_condition(conds, ConditionType.suspended) is not None:
+        why = Reason.suspended if suspended else Reason.resumed
+        text = summary if suspended else ""
+        conds = set_condition(conds, ConditionType.suspended, _b(suspended), why, text, now, gen)
+    return conds
 
 
 def _stage_condition(
@@ -469,6 +582,8 @@ def _stage_condition(
         return "False", Reason.running if entry.progress else Reason.job_created
     if entry.name == walk.current and walk.outcome == Action.wait_for_capacity:
         return "False", Reason.waiting_for_capacity
+    if entry.name == walk.current and walk.outcome == Action.suspended:
+        return "False", Reason.suspended
     return "False", Reason.pending
 
 
