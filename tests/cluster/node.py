@@ -149,7 +149,7 @@ class RealNode:
 
     def stop(self, delete_pods: Callable[[], None] | None = None) -> None:
         """Remove the Pods (through `delete_pods`, while the API server still
-        runs), stop everything and leave the host as it was."""
+        runs) and stop the node's processes; `release` then restores the host."""
         try:
             if "kube-scheduler" in self.processes:
                 self.processes.pop("kube-scheduler").stop()
@@ -164,10 +164,17 @@ class RealNode:
             if "containerd" in self.processes:
                 self.images.remove_containers()
                 self.processes.pop("containerd").stop()
-        finally:
-            self._undo_host_changes()
+        except BaseException:
+            self.release()
+            raise
 
-    def _undo_host_changes(self) -> None:
+    def release(self) -> None:
+        """Leave the host as it was and let the next node start. Call it once
+        the API server has stopped: it removes the link the server listens on
+        (with the link gone first, its shutdown waits 10 s on its own lease)."""
+        for proc in self.processes.values():
+            proc.stop()
+        self.processes.clear()
         if self._record is not None:
             for line in hoststate.undo(self._record):
                 log.info("node teardown: %s", line)

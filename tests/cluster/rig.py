@@ -289,11 +289,15 @@ class Rig:
     def stop(self) -> None:
         """Stop in reverse order; the kubelet kills the Pods' processes, or the
         real node drains its Pods while the API server still runs."""
-        if self.node is not None:
-            node, self.node = self.node, None
-            node.stop(self._delete_node_pods)
-        for name in reversed(list(self.processes)):
-            self.processes.pop(name).stop()
+        node, self.node = self.node, None
+        try:
+            if node is not None:
+                node.stop(self._delete_node_pods)
+            for name in reversed(list(self.processes)):
+                self.processes.pop(name).stop()
+        finally:
+            if node is not None:
+                node.release()
         atexit.unregister(self.stop)
 
     # --- components ----------------------------------------------------------------
