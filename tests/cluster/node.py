@@ -10,7 +10,8 @@ when this one was killed.
 
     node = RealNode(k8s_bin, containerd_bin, work_dir / "logs", pki, server, name)
     node.create_link()   # before the API server binds to NODE_IP
-    node.start()         # containerd, images, kubelet, kube-proxy, scheduler
+    node.start_runtime() # containerd and the pause image, meanwhile
+    node.start()         # kubelet, kube-proxy, scheduler, once the API server answers
     ...
     node.stop()          # Pods gone, processes stopped, host as before
 """
@@ -113,6 +114,7 @@ class RealNode:
         self.processes: dict[str, ManagedProcess] = {}
         self.images = ImageStore(containerd_bin / "ctr", self.socket, STORE)
         self.pause_image = ""
+        self._kubeconfigs: dict[str, Path] = {}
         self._lock: contextlib.ExitStack | None = None
         self._record: hoststate.HostRecord | None = None
 
@@ -135,14 +137,19 @@ class RealNode:
         _ip("addr", "add", f"{NODE_IP}/{NODE_PREFIX}", "dev", BRIDGE)
         _ip("link", "set", BRIDGE, "up")
 
-    def start(self) -> None:
-        """Start the node's processes; returns once they run (the caller waits
-        for the Node to be Ready). Raises RigError."""
+    def start_runtime(self) -> None:
+        """Start containerd with the sandbox image in place; needs no API
+        server, so the rig does it while the control plane starts."""
         self.pause_image, archive = pause_archive(self.containerd_bin / "pause", ARCHIVES)
         self._start_containerd()
         self.images.remove_containers()  # a killed session's Pods
         self.images.import_archive(archive, self.pause_image)
-        identities = self._identities()
+        self._kubeconfigs = self._identities()
+
+    def start(self) -> None:
+        """Start the kubelet, kube-proxy and the scheduler once the API server
+        answers (the caller waits for the Node to be Ready). Raises RigError."""
+        identities = self._kubeconfigs
         self._start_kubelet(identities["kubelet"])
         self._start_kube_proxy(identities["kube-proxy"])
         self._start_scheduler(identities["kube-scheduler"])

@@ -276,6 +276,8 @@ class Rig:
             )
             self._start_etcd()
             self._start_apiserver()
+            if self.node is not None:
+                self.node.start_runtime()
             self._wait_api("/readyz")
             self._start_controller_manager()
             self._start_kubelet()
