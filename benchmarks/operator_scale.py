@@ -37,7 +37,9 @@ NAMESPACE = "bench"
 SPEC: dict[str, Any] = {
     "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
     "dataset": {"name": "digits"},
-    "artifacts": {"uri": "/tmp/kubeslim-operator-scale"},
+    # Never written to (the Pods stay Pending); an s3:// root is what a cluster accepts
+    # up front, where a local path without a shared volume is refused.
+    "artifacts": {"uri": "s3://kubeslim-operator-scale/runs"},
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from kubeslim.api.spec import BenchmarkSpec
 from tests.cluster.rig import free_port
 
 pytestmark = pytest.mark.cluster
@@ -545,7 +546,7 @@ def test_artifacts_uri_is_immutable_and_defaults_are_stored(env: Env) -> None:
     stored = env.get("immutable")["spec"]
     # The API server wrote every default: the stored spec is the effective spec.
     assert stored["pruning"]["target"] == {"filterRate": 0.3}
-    assert stored["benchmark"]["durationSeconds"] == 3.0
+    assert stored["benchmark"]["durationSeconds"] == BenchmarkSpec().duration_seconds
     assert stored["execution"]["scratchSizeLimit"] == "20Gi"
     with pytest.raises(ApiException) as err:
         env.custom.patch_namespaced_custom_object(
@@ -595,7 +596,8 @@ def test_an_upgrade_leaves_finished_resources_alone(env: Env) -> None:
     try:
         env.start_operator()
         env.operator.wait_for_output(f"{env.namespace}/finished: finished", timeout=60)
-        assert env.get("finished")["spec"]["benchmark"]["durationSeconds"] == 3.0
+        stored = env.get("finished")["spec"]["benchmark"]["durationSeconds"]
+        assert stored == BenchmarkSpec().duration_seconds != 7.0
         assert env.status("finished") == before
         assert env.job_names("finished") == jobs
     finally:

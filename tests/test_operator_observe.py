@@ -149,3 +149,52 @@ def test_handlers_register() -> None:
     assert [h.id for h in registry._spawning.get_all_handlers()] == ["progress"]
     assert [h.id for h in registry._watching.get_all_handlers()] == ["job"]
     assert [h.id for h in registry._indexing.get_all_handlers()] == ["running_optimizations"]
+
+
+def test_free_slots_go_to_the_waiting_in_arrival_order() -> None:
+    from kubeslim.planner import Slots
+
+    slots = Slots(limit=2, holders=frozenset({"ns/a"}), queue=("ns/b", "ns/c"))
+    assert slots.free_for("ns/a") and slots.free_for("ns/b")
+    assert not slots.free_for("ns/c") and not slots.free_for("ns/new")  # behind b
+    assert Slots(limit=3, holders=frozenset({"ns/a"}), queue=("ns/b",)).free_for("ns/c")
+
+
+def test_slot_table_queues_and_admits_first_come_first_served() -> None:
+    table = SlotTable(limit=1)
+    table.settle("ns/a", True)
+    for key in ("ns/b", "ns/c"):
+        table.settle(key, False, waits=True)
+    assert table.queue == ["ns/b", "ns/c"]
+    assert not table.admissible("ns/b", []) and not table.admissible("ns/c", [])
+    assert table.admissible("ns/a", [])  # not queued: a look can change things
+    table.settle("ns/a", False)
+    # a's status still says Running in kopf's index for a moment: it must not count.
+    assert table.admissible_waiting(["ns/a"]) == ["ns/b"]
+    table.settle("ns/b", True)
+    assert table.queue == ["ns/c"] and table.admissible_waiting(["ns/a"]) == []
+
+
+def test_a_queued_resource_costs_no_api_call_until_a_slot_frees() -> None:
+    from kubeslim.handlers.handle_timer_optimization import on_timer
+
+    class NoCalls:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"API call {name} while queued")
+
+    table = SlotTable(limit=1)
+    table.settle("ns/a", True)
+    table.settle("ns/b", False, waits=True)
+    rt = Runtime(config=OperatorConfig(), kube=NoCalls(), table=table)  # type: ignore[arg-type]
+    on_timer(namespace="ns", name="b", running_optimizations={"running": ["ns/a"]}, rt=rt)
+
+
+def test_the_job_watch_is_filtered_by_the_api_server() -> None:
+    from kubeslim.handlers.handle_startup import configure_kopf
+
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings)
+    selectors = list(settings.watching.label_selectors.items())
+    assert [value for _, value in selectors] == [
+        "app.kubernetes.io/managed-by=kubeslim,kubeslim.dev/modeloptimization"
+    ]

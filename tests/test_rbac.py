@@ -183,7 +183,8 @@ class Install:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ModelOptimization",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {**spec, "artifacts": {"uri": str(artifacts)}},
+            # A local path works in stage Pods only through a volume they all mount.
+            "spec": {**spec, "artifacts": SHARED_ARTIFACTS},
         }
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
@@ -231,6 +232,14 @@ def _until(what: str, install: Install, condition: Callable[[], bool], deadline:
 
 def _stage_progress(status: dict[str, Any]) -> bool:
     return any(s.get("progress") for s in status.get("stages") or [])
+
+
+SHARED_ARTIFACTS = {"uri": "/kubeslim-artifacts", "volume": {"claimName": "artifacts"}}
+
+
+def shared(cluster: Any, namespace: str) -> Path:
+    """Where the Pods' artifacts volume lives on the host (the fake kubelet's claim folder)."""
+    return Path(cluster.pvc_dir(namespace, "artifacts"))
 
 
 def run_scenario(install: Install, namespace: str, artifacts: Path) -> None:
@@ -345,7 +354,7 @@ def test_chart_identity_takes_digits_to_succeeded(crds_applied: Any, tmp_path: P
     assert install.settings["KUBESLIM_NAMESPACES"] == ""  # every namespace
     install.start(kubeslim)
     try:
-        install.create(namespace, "digits", TINY_DIGITS, tmp_path / "artifacts")
+        install.create(namespace, "digits", TINY_DIGITS, shared(crds_applied, namespace))
         deadline = time.monotonic() + REAL_BOUND_S
 
         def done() -> bool:
@@ -407,7 +416,7 @@ def test_helm_install_runs_the_operator_pod_and_uninstall_keeps_the_crd(
         core,
     )
     try:
-        install.create(namespace, "by-pod", STANDIN, tmp_path / "artifacts")
+        install.create(namespace, "by-pod", STANDIN, shared(cluster, namespace))
         deadline = time.monotonic() + VARIANT_BOUND_S
         # The operator Pod adopts it: finalizer, then the first stage's Job.
         while not install.jobs(namespace, "by-pod"):
@@ -463,7 +472,7 @@ def test_all_rules_pass_the_scenario(
     install = Install(crds_applied, docs, tmp_path)
     install.start(standin_command, priority=100)
     try:
-        run_scenario(install, namespace, tmp_path / "artifacts")
+        run_scenario(install, namespace, shared(crds_applied, namespace))
     except Broken as err:
         pytest.fail(f"{err}\noperator log:\n{install.operator.tail()}")
     finally:
@@ -491,7 +500,7 @@ def test_removing_one_verb_breaks_the_operator(
     install.start(standin_command, priority=100)
     try:
         with pytest.raises(Broken) as broken:
-            run_scenario(install, namespace, tmp_path / "artifacts")
+            run_scenario(install, namespace, shared(crds_applied, namespace))
         print(f"without {drop}: {broken.value}")
         if str(broken.value).startswith("403"):
             # The API server's denial names the very verb and resource taken away.

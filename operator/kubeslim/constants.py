@@ -21,6 +21,8 @@ ANNOTATION_RETRY = f"{GROUP}/retry"  # run the failed stage again, spec unchange
 ANNOTATION_CANCEL = f"{GROUP}/cancel"  # stop the pipeline: running Jobs go, state Failed
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubeslim"
+# The server-side selector of the operator's Job watch: its stage Jobs only.
+JOB_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{GROUP}/modeloptimization"
 
 # Where kopf keeps its own bookkeeping (annotations, not status: see README).
 KOPF_PREFIX = GROUP

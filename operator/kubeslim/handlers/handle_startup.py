@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from kubeslim.constants import KOPF_PREFIX
+from kubeslim.constants import JOB_SELECTOR, KOPF_PREFIX
 
 
 def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -26,6 +26,9 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     # connection cannot stall the operator.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Watch only the operator's own Jobs: the API server filters, so other Jobs in the
+    # namespace cost neither traffic nor memory (kopf's labels= filters client-side).
+    settings.watching.label_selectors["batch", "v1", "jobs"] = JOB_SELECTOR
     # Serve only what exists at startup: no list/watch of CRDs and namespaces needed.
     settings.scanning.disabled = True
     # Our own Events say what happened; kopf's per-handler log lines stay in the log.

@@ -24,4 +24,7 @@ def unsettled(status: Any, meta: Any, **_: Any) -> bool:
 
 def on_timer(namespace: str, name: str, running_optimizations: Any, rt: Runtime, **_: Any) -> None:
     """Copy the running stage's progress into status; pick up freed capacity, missed events."""
-    reconcile(rt, namespace, name, running_keys(running_optimizations), progress=True)
+    running = running_keys(running_optimizations)
+    if not rt.table.admissible(f"{namespace}/{name}", running):
+        return  # queued behind others: a freed slot wakes it, no API call until then
+    reconcile(rt, namespace, name, running, progress=True)

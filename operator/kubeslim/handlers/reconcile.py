@@ -48,22 +48,45 @@ PROGRESS_LOG_LINES = 200
 
 @dataclass
 class SlotTable:
-    """Which optimizations hold one of the `max_concurrent` slots, in this process."""
+    """Which optimizations hold one of the `max_concurrent` slots, and which wait for
+    one (first come, first served), in this process."""
 
     limit: int
     claims: set[str] = field(default_factory=set)
+    # Keys this process saw let go of their slot: kopf's index of Running resources
+    # lags behind the status patch that ends a run.
+    released: set[str] = field(default_factory=set)
+    queue: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def slots(self, running: Iterable[str]) -> Slots:
         """Holders: those whose status says Running (the index) plus fresh claims."""
-        return Slots(limit=self.limit, holders=frozenset(self.claims) | frozenset(running))
+        holders = frozenset(self.claims) | (frozenset(running) - self.released)
+        return Slots(limit=self.limit, holders=holders, queue=tuple(self.queue))
 
-    def settle(self, key: str, holds: bool) -> None:
+    def settle(self, key: str, holds: bool, waits: bool = False) -> None:
         """Record the planner's verdict (called under `lock`)."""
         if holds:
             self.claims.add(key)
+            self.released.discard(key)
         else:
             self.claims.discard(key)
+            self.released.add(key)
+        if waits and key not in self.queue:
+            self.queue.append(key)
+        elif not waits and key in self.queue:
+            self.queue.remove(key)
+
+    def admissible(self, key: str, running: Iterable[str]) -> bool:
+        """Whether a look at key can change anything: it is not queued behind others."""
+        with self.lock:
+            return key not in self.queue or self.slots(running).free_for(key)
+
+    def admissible_waiting(self, running: Iterable[str]) -> list[str]:
+        """The queued keys that a free slot now admits, oldest first."""
+        with self.lock:
+            slots = self.slots(running)
+            return [k for k in self.queue if slots.free_for(k)]
 
 
 @dataclass
@@ -89,8 +112,31 @@ def reconcile(
     running: Iterable[str] = (),
     progress: bool = False,
 ) -> Plan | None:
-    """Bring one resource one step further; None when it is gone."""
+    """Bring one resource one step further; None when it is gone. A resource that
+    lets go of its slot wakes the resources queued for one at once (no polling)."""
     key = f"{namespace}/{name}"
+    running = list(running)
+    with rt.table.lock:
+        held = key in rt.table.slots(running).holders
+    decided = _reconcile(rt, namespace, name, key, running, progress)
+    if held and (decided is None or not decided.holds_slot):
+        wake_waiting(rt, [k for k in running if k != key])
+    return decided
+
+
+def wake_waiting(rt: Runtime, running: list[str]) -> None:
+    """Reconcile the queued resources a freed slot now admits, oldest first."""
+    for waiting in rt.table.admissible_waiting(running):
+        namespace, _, name = waiting.partition("/")
+        try:
+            reconcile(rt, namespace, name, running)
+        except Exception:  # the timer retries it; one failure must not stop the others
+            log.exception("waking %s failed", waiting)
+
+
+def _reconcile(
+    rt: Runtime, namespace: str, name: str, key: str, running: list[str], progress: bool
+) -> Plan | None:
     with rt.lock(key):
         body = rt.kube.get_optimization(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -116,7 +162,9 @@ def reconcile(
                     cancel=_annotation(body, ANNOTATION_CANCEL),
                 )
             )
-            rt.table.settle(key, decided.holds_slot)
+            rt.table.settle(
+                key, decided.holds_slot, waits=decided.action == Action.wait_for_capacity
+            )
         decided = _act(rt, body, spec, decided)
         if not decided.holds_slot:  # a refused Job turns the plan terminal: free the slot
             with rt.table.lock:

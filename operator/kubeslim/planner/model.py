@@ -57,10 +57,19 @@ class Slots:
 
     limit: int = 0  # 0: no limit
     holders: frozenset[str] = frozenset()  # keys ("namespace/name") holding a slot
+    queue: tuple[str, ...] = ()  # keys waiting for a slot, first come first
 
     def free_for(self, key: str) -> bool:
-        """Whether key holds a slot or may take one."""
-        return self.limit <= 0 or key in self.holders or len(self.holders - {key}) < self.limit
+        """Whether key holds a slot or may take one: free slots go to the waiting
+        keys in the order they started waiting (a newcomer queues behind them)."""
+        if self.limit <= 0 or key in self.holders:
+            return True
+        free = self.limit - len(self.holders)
+        if free <= 0:
+            return False
+        ahead = [k for k in self.queue if k not in self.holders]
+        position = ahead.index(key) if key in ahead else len(ahead)
+        return position < free
 
 
 @dataclass(frozen=True)
