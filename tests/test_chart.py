@@ -228,6 +228,27 @@ def test_configmap_sets_only_real_operator_settings() -> None:
     assert config.health_port == 8080
 
 
+def test_metrics_port_and_an_optional_service_monitor() -> None:
+    docs = render()
+    assert OperatorConfig.from_env(_config(docs)).metrics_port == 8000
+    ports = {p["name"]: p["containerPort"] for p in _container(docs)["ports"]}
+    assert ports["metrics"] == 8000
+    assert not find(docs, "ServiceMonitor") and not find(docs, "Service")
+    docs = render(
+        {"metrics.serviceMonitor.enabled": True, "metrics.serviceMonitor.labels.release": "p"}
+    )
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "p"
+    endpoint = {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    assert monitor["spec"]["endpoints"] == [endpoint]
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    deployment = one(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == selector
+    assert monitor["spec"]["selector"]["matchLabels"] == selector
+
+
 def test_stage_images_follow_the_app_version_by_default() -> None:
     chart = yaml.safe_load((ROOT / "charts" / "kubeslim" / "Chart.yaml").read_text())
     config = OperatorConfig.from_env(_config(render()))

@@ -139,6 +139,7 @@ class Env:
         self.core = client.CoreV1Api(api)
         self.ext = client.ApiextensionsV1Api(api)
         self.operator: Any = None
+        self.metrics_port = 0
         self.stage_command = str(self._standin_wrapper())
         self.kubeconfig = self._operator_identity()
 
@@ -181,7 +182,9 @@ class Env:
 
     def start_operator(self, stage_command: str | None = None, max_concurrent: int = 1) -> None:
         port = free_port()
+        self.metrics_port = free_port()
         env = {
+            "KUBESLIM_METRICS_PORT": str(self.metrics_port),
             "KUBESLIM_STAGE_COMMAND": stage_command or self.stage_command,
             "KUBESLIM_PROGRESS_INTERVAL": "1",
             "KUBESLIM_MAX_CONCURRENT": str(max_concurrent),
@@ -375,6 +378,13 @@ def test_pipeline_succeeds_with_metrics_artifacts_progress_and_events(env: Env) 
     assert "kopf" not in json.dumps(status)  # kopf's state stays in annotations
     annotations = env.get("happy")["metadata"].get("annotations") or {}
     assert any(k.startswith("kubeslim.dev/") for k in annotations)
+    # Prometheus metrics: the state gauge and each stage's duration.
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{env.metrics_port}/metrics") as rsp:
+        metrics = rsp.read().decode()
+    assert 'kubeslim_stage_duration_seconds_count{stage="prune"}' in metrics
+    assert 'kubeslim_optimizations{state="Succeeded"}' in metrics
     _wait(  # kopf posts Events in the background
         "JobCreated and AllStagesCompleted Events",
         lambda: {"JobCreated", "AllStagesCompleted"} <= {r for r, _ in env.events("happy")},

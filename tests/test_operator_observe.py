@@ -25,6 +25,7 @@ from kubeslim.handlers.observe import (
 )
 from kubeslim.handlers.reconcile import Runtime, SlotTable
 from kubeslim.planner import JobPhase
+from kubeslim.planner.status import set_condition
 
 JOB: dict[str, Any] = {
     "metadata": {
@@ -198,3 +199,42 @@ def test_the_job_watch_is_filtered_by_the_api_server() -> None:
     assert [value for _, value in selectors] == [
         "app.kubernetes.io/managed-by=kubeslim,kubeslim.dev/modeloptimization"
     ]
+
+
+def test_metrics_count_states_durations_failures_and_the_queue() -> None:
+    import socket
+    import urllib.request
+
+    from kubeslim.api.status import StageStatus
+    from kubeslim.handlers.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    running = ModelOptimizationStatus(
+        state="Running", stages=[StageStatus(name="prune", state="Running")]
+    )
+    done = ModelOptimizationStatus(
+        state="Succeeded",
+        stages=[StageStatus(name="prune", state="Succeeded", duration_seconds=42.0)],
+    )
+    metrics.observe("ns/a", ModelOptimizationStatus(), running)
+    metrics.observe("ns/a", running, done)
+    metrics.observe("ns/a", done, done)  # no change: nothing counted twice
+    failed = ModelOptimizationStatus(state="Failed", current_stage="quantize")
+    failed.conditions = set_condition([], "Failed", "True", "JobFailed", "boom", "t")
+    metrics.observe("ns/b", running, failed)
+    metrics.waiting(3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics.serve(port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as rsp:
+        text = rsp.read().decode()
+    assert 'kubeslim_optimizations{state="Succeeded"} 1.0' in text
+    assert 'kubeslim_optimizations{state="Failed"} 1.0' in text
+    assert 'kubeslim_optimizations{state="Running"} 0.0' in text
+    assert 'kubeslim_stage_duration_seconds_count{stage="prune"} 1.0' in text
+    assert 'kubeslim_stage_duration_seconds_sum{stage="prune"} 42.0' in text
+    assert 'kubeslim_stage_failures_total{reason="JobFailed",stage="quantize"} 1.0' in text
+    assert "kubeslim_waiting_queue_length 3.0" in text
+    metrics.forget("ns/b")
+    assert metrics.resources.labels(state="Failed")._value.get() == 0

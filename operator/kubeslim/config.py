@@ -41,6 +41,8 @@ class OperatorConfig:
     priority: int = 0
     # health_port serves /healthz for the liveness probe (0 turns it off).
     health_port: int = 8080
+    # metrics_port serves Prometheus metrics at /metrics (0 turns it off).
+    metrics_port: int = 0
     # job_service_account runs stage Pods when the spec names none ("" = namespace default).
     job_service_account: str = ""
     # progress_interval in seconds between reads of a running stage's progress.

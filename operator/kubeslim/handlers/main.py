@@ -75,6 +75,8 @@ def operator_kwargs(config: OperatorConfig) -> dict[str, Any]:
         kwargs["peering_name"] = config.peering  # two replicas: only the highest priority acts
     else:
         kwargs["standalone"] = True
+    if config.metrics_port:
+        rt.metrics.serve(config.metrics_port)
     if config.health_port:
         kwargs["liveness_endpoint"] = f"http://0.0.0.0:{config.health_port}/healthz"
     return kwargs

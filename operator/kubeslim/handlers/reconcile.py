@@ -26,6 +26,7 @@ from kubeslim.constants import ANNOTATION_CANCEL, ANNOTATION_RETRY
 from kubeslim.errors import SpecError
 from kubeslim.executors.job import Owner, build_job
 from kubeslim.handlers.kube import Kube, api_error
+from kubeslim.handlers.metrics import OperatorMetrics
 from kubeslim.handlers.observe import (
     dump_status,
     failure_text,
@@ -96,6 +97,7 @@ class Runtime:
     config: OperatorConfig
     kube: Kube
     table: SlotTable
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,6 +144,7 @@ def _reconcile(
         if body is None or body["metadata"].get("deletionTimestamp"):
             with rt.table.lock:
                 rt.table.settle(key, False)
+            rt.metrics.forget(key)
             return None
         spec = _parse(body)
         jobs = _observe(rt, body, spec)
@@ -169,6 +172,8 @@ def _reconcile(
         if not decided.holds_slot:  # a refused Job turns the plan terminal: free the slot
             with rt.table.lock:
                 rt.table.settle(key, False)
+        rt.metrics.observe(key, status, decided.status)
+        rt.metrics.waiting(len(rt.table.queue))
         new_status = decided.status
         if progress and decided.action in (Action.wait, Action.create_jobs) and decided.stage:
             new_status = _with_progress(rt, namespace, new_status, decided.stage, jobs)
