@@ -228,6 +228,22 @@ def test_configmap_sets_only_real_operator_settings() -> None:
     assert config.health_port == 8080
 
 
+def test_policy_allow_lists_and_pull_secrets_reach_the_operator_config() -> None:
+    docs = render(
+        {
+            "policy.serviceAccounts": ["ml-runner"],
+            "policy.images": ["registry.local/ml/"],
+            "policy.claims": ["data", "runs"],
+            "stages.imagePullSecrets": ["pull"],
+        }
+    )
+    config = OperatorConfig.from_env(_config(docs))
+    assert config.allowed_service_accounts == ("ml-runner",)
+    assert config.allowed_images == ("registry.local/ml/",)
+    assert config.allowed_claims == ("data", "runs") and config.allowed_priority_classes == ()
+    assert config.image_pull_secrets == ("pull",)
+
+
 def test_metrics_port_and_an_optional_service_monitor() -> None:
     docs = render()
     assert OperatorConfig.from_env(_config(docs)).metrics_port == 8000

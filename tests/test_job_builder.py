@@ -226,3 +226,34 @@ def test_a_retried_stage_carries_its_round() -> None:
     assert name.endswith("-r2")
     job = build_job(spec, JobRequest("prune", name, fingerprint, 7, "", 2), OWNER, CONFIG)
     assert job["metadata"]["labels"]["kubeslim.dev/retry-round"] == "2"
+
+
+def test_pod_labels_annotations_pull_secrets_and_an_own_image() -> None:
+    execution = {
+        "podLabels": {"kueue.x-k8s.io/queue-name": "ml", LABEL_STAGE: "spoofed"},
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+        "imagePullSecrets": ["team-pull", "shared-pull"],
+        "trainerImage": "registry.local/team/model-baked:7",
+    }
+    config = OperatorConfig(
+        trainer_image="registry.local/trainer:1",
+        runtime_image="registry.local/runtime:1",
+        image_pull_secrets=("shared-pull",),
+    )
+    spec = parse_spec({**BASE, "execution": execution})
+    fingerprint = spec_fingerprints(spec)["prune"]
+    request = JobRequest(
+        "prune", job_name("demo", "prune", 1, fingerprint=fingerprint), fingerprint, 1
+    )
+    job = build_job(spec, request, OWNER, config)
+    meta = job["spec"]["template"]["metadata"]
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "ml"
+    assert meta["labels"][LABEL_STAGE] == "prune"  # the operator's own labels win
+    assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "shared-pull"}, {"name": "team-pull"}]
+    assert container(job)["image"] == "registry.local/team/model-baked:7"
+    quantize = JobRequest("quantize", "q", spec_fingerprints(spec)["quantize"], 1)
+    assert (
+        container(build_job(spec, quantize, OWNER, config))["image"] == "registry.local/runtime:1"
+    )

@@ -664,3 +664,31 @@ def test_cancel_annotation_stops_the_pipeline() -> None:
     assert _with_annotations(world, cancel="now").create == ()  # stays cancelled
     again = _with_annotations(world, cancel="now", retry="go")  # retry starts it again
     assert [short(r.name) for r in again.create] == ["demo-prune-g1-r1"]
+
+
+def test_what_the_operator_does_not_allow_is_refused_naming_the_field() -> None:
+    from kubeslim.planner.policy import Allowed
+
+    allowed = Allowed(
+        service_accounts=("ml-runner",), images=("registry.local/ml/",), claims=("data",)
+    )
+    cases = [
+        ({"serviceAccountName": "cluster-admin-sa"}, "spec.execution.serviceAccountName"),
+        ({"trainerImage": "evil.example/x:1"}, "spec.execution.trainerImage"),
+        ({"datasetVolume": {"claimName": "other"}}, "spec.execution.datasetVolume.claimName"),
+    ]
+    for execution, field in cases:
+        inp = PlanInput(
+            name="demo", namespace="ns", generation=1, spec=spec_of(execution=execution),
+            status=ModelOptimizationStatus(), allowed=allowed,
+        )  # fmt: skip
+        result = plan(inp)
+        assert result.action == Action.invalid_spec and result.create == ()
+        assert cond(result.status, ConditionType.failed) == ("True", Reason.not_allowed)
+        assert result.status.summary.startswith(f"not allowed: {field}:")
+    fine = {"serviceAccountName": "ml-runner", "trainerImage": "registry.local/ml/m:1"}
+    inp = PlanInput(
+        name="demo", namespace="ns", generation=1, spec=spec_of(execution=fine),
+        status=ModelOptimizationStatus(), allowed=allowed,
+    )  # fmt: skip
+    assert plan(inp).action == Action.create_jobs

@@ -54,6 +54,18 @@ class OperatorConfig:
     start_timeout: float = 600.0
     # extra_env is passed to every stage container (KEY=VALUE, comma-separated).
     extra_env: tuple[str, ...] = field(default=())
+    # image_pull_secrets of every stage Pod (Secret names in the resource's namespace),
+    # before those the spec names.
+    image_pull_secrets: tuple[str, ...] = field(default=())
+    # Allow-lists of what a ModelOptimization may ask its stage Pods to run with; empty
+    # allows anything. Whoever may create a ModelOptimization gets Pods with these.
+    allowed_service_accounts: tuple[str, ...] = field(default=())
+    allowed_priority_classes: tuple[str, ...] = field(default=())
+    # allowed_images are prefixes ("registry.example.com/ml/") of execution.trainerImage
+    # and runtimeImage; empty allows any image.
+    allowed_images: tuple[str, ...] = field(default=())
+    # allowed_claims: PVCs a spec may mount (datasetVolume, artifacts.volume).
+    allowed_claims: tuple[str, ...] = field(default=())
 
     def stage_image(self, stage: str) -> str:
         """The image that has what `stage` imports."""

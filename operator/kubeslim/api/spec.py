@@ -564,7 +564,35 @@ class ExecutionSpec(ApiModel):
         default=None, max_length=253, description="priorityClassName of the stage Pods."
     )
     image_pull_secrets: list[str] = Field(
-        default=[], max_length=16, description="imagePullSecrets: names of Secrets."
+        default=[],
+        max_length=16,
+        description="imagePullSecrets: names of Secrets, added to the operator's own "
+        "(KUBESLIM_IMAGE_PULL_SECRETS).",
+    )
+    pod_labels: dict[str, str] = Field(
+        default={},
+        max_length=32,
+        description="podLabels on every stage Pod (e.g. kueue.x-k8s.io/queue-name); the "
+        "operator's own labels win.",
+    )
+    pod_annotations: dict[str, str] = Field(
+        default={},
+        max_length=32,
+        description="podAnnotations on every stage Pod (e.g. sidecar.istio.io/inject: "
+        "'false').",
+    )
+    trainer_image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="trainerImage replaces the operator's trainer image for this resource's "
+        "prune and convert stages: a model baked into a custom image (model.entryPoint). "
+        "The operator may refuse it (KUBESLIM_ALLOW_IMAGE_OVERRIDE).",
+    )
+    runtime_image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="runtimeImage replaces the operator's runtime image for this resource's "
+        "quantize and benchmark stages.",
     )
     dataset_volume: DatasetVolume | None = Field(
         default=None, description="datasetVolume mounts a PVC holding datasets or checkpoints."

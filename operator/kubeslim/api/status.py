@@ -82,6 +82,7 @@ class Reason(StrEnum):
     suspended = "Suspended"  # spec.suspend is true: running Jobs were deleted, none is created.
     resumed = "Resumed"  # spec.suspend went back to false.
     cancelled = "Cancelled"  # The kubeslim.dev/cancel annotation stopped the pipeline.
+    not_allowed = "NotAllowed"  # The spec asks for what the operator's allow-lists refuse.
 
 
 class Condition(ApiModel):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeslim.api.spec import ModelOptimizationSpec, Resources
-from kubeslim.config import OperatorConfig
+from kubeslim.config import TORCH_STAGES, OperatorConfig
 from kubeslim.constants import (
     API_VERSION,
     GROUP,
@@ -122,7 +122,12 @@ def build_job(
         "activeDeadlineSeconds": execution.active_deadline_seconds,
         "podFailurePolicy": pod_failure_policy(),
         "template": {
-            "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
+            # The spec's Pod labels and annotations (a Kueue queue, a sidecar opt-out);
+            # the operator's own win, since it finds its Pods by them.
+            "metadata": {
+                "labels": {**execution.pod_labels, **labels},
+                "annotations": {**execution.pod_annotations, **annotations},
+            },
             "spec": pod_spec(spec, request, owner, config),
         },
     }
@@ -180,7 +185,7 @@ def pod_spec(
         )
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": config.stage_image(request.stage),
+        "image": stage_image(spec, request.stage, config),
         "imagePullPolicy": config.image_pull_policy,
         "command": stage_command(spec, request.stage, owner, config)
         + candidate_args(spec, request.stage, request.shard),
@@ -228,9 +233,17 @@ def pod_spec(
         pod["affinity"] = dict(execution.affinity)
     if execution.priority_class_name:
         pod["priorityClassName"] = execution.priority_class_name
-    if execution.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in execution.image_pull_secrets]
+    secrets = list(dict.fromkeys([*config.image_pull_secrets, *execution.image_pull_secrets]))
+    if secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in secrets]
     return pod
+
+
+def stage_image(spec: ModelOptimizationSpec, stage: str, config: OperatorConfig) -> str:
+    """The operator's image for the stage, or the resource's own (a model baked in)."""
+    execution = spec.execution
+    own = execution.trainer_image if stage in TORCH_STAGES else execution.runtime_image
+    return own or config.stage_image(stage)
 
 
 def _wants_gpu(spec: ModelOptimizationSpec, stage: str) -> bool:

@@ -57,9 +57,7 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
-    def observe(
-        self, key: str, old: ModelOptimizationStatus, new: ModelOptimizationStatus
-    ) -> None:
+    def observe(self, key: str, old: ModelOptimizationStatus, new: ModelOptimizationStatus) -> None:
         """Count what changed between the status read and the status planned."""
         before = {s.name: s for s in old.stages}
         for entry in new.stages:

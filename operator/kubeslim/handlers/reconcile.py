@@ -40,6 +40,7 @@ from kubeslim.handlers.observe import (
 )
 from kubeslim.planner import Action, JobPhase, ObservedJob, Plan, PlanInput, Slots, plan
 from kubeslim.planner.plan import invalid_spec_plan
+from kubeslim.planner.policy import Allowed
 from kubeslim.planner.status import stage_entry, with_progress
 from kubeslim.stages.pipeline import spec_fingerprints
 
@@ -161,6 +162,12 @@ def _reconcile(
                     slots=rt.table.slots(running),
                     now=now_rfc3339(),
                     start_timeout=rt.config.start_timeout,
+                    allowed=Allowed(
+                        service_accounts=rt.config.allowed_service_accounts,
+                        priority_classes=rt.config.allowed_priority_classes,
+                        images=rt.config.allowed_images,
+                        claims=rt.config.allowed_claims,
+                    ),
                     retry=_annotation(body, ANNOTATION_RETRY),
                     cancel=_annotation(body, ANNOTATION_CANCEL),
                 )

@@ -12,6 +12,7 @@ from typing import Any
 from kubeslim.api.spec import ModelOptimizationSpec
 from kubeslim.api.status import ModelOptimizationStatus
 from kubeslim.errors import SpecError
+from kubeslim.planner.policy import Allowed
 
 MAX_NAME = 63  # Job names become the `job-name` label value on their Pods.
 FINGERPRINT_CHARS = 8  # of the stage fingerprint, in Job names
@@ -85,6 +86,8 @@ class PlanInput:
     slots: Slots = Slots()
     now: str = ""
     start_timeout: float = 600.0  # seconds a stage Pod may wait to start (image pull, node)
+    # The operator's allow-lists for what stage Pods may run with.
+    allowed: Allowed = field(default_factory=Allowed)
     retry: str = ""  # the kubeslim.dev/retry annotation: a new value retries a failed stage
     cancel: str = ""  # the kubeslim.dev/cancel annotation: a new value stops the pipeline
 

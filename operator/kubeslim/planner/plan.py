@@ -44,6 +44,7 @@ from kubeslim.planner.model import (
     job_name,
     seconds_between,
 )
+from kubeslim.planner.policy import policy_refusal
 from kubeslim.planner.search import (
     candidate_shards,
     search_status,
@@ -112,6 +113,9 @@ def plan(inp: PlanInput) -> Plan:
         return invalid_spec_plan(
             inp.status, inp.generation, refused, inp.now, Reason.unsupported_in_cluster
         )
+    forbidden = policy_refusal(spec, inp.allowed)
+    if forbidden is not None:
+        return invalid_spec_plan(inp.status, inp.generation, forbidden, inp.now, Reason.not_allowed)
     fingerprints = spec_fingerprints(spec)
     enabled = set(enabled_stages(spec))
     walk = _Walk()
@@ -600,7 +604,10 @@ def invalid_spec_plan(
 ) -> Plan:
     """A spec that passed the schema but not the models (or cannot work on a cluster):
     say which field, do nothing else."""
-    lead = "invalid spec" if reason == Reason.invalid_spec else "cannot run on a cluster"
+    lead = {
+        Reason.invalid_spec: "invalid spec",
+        Reason.not_allowed: "not allowed",
+    }.get(reason, "cannot run on a cluster")
     message = f"{lead}: {err}"
     conds = set_condition(
         old.conditions, ConditionType.failed, "True", reason, message, now, generation

@@ -42,7 +42,14 @@ ARTIFACT_FIELDS: dict[tuple[str, str], str] = {
 STAGE_MESSAGE_LIMIT = 4096
 CONDITION_MESSAGE_LIMIT = 8192
 WARNING_REASONS = frozenset(
-    {Reason.job_failed, Reason.invalid_spec, Reason.unsupported_in_cluster, Reason.pod_cannot_start}
+    {
+        Reason.job_failed,
+        Reason.invalid_spec,
+        Reason.unsupported_in_cluster,
+        Reason.pod_cannot_start,
+        Reason.not_allowed,
+        Reason.cancelled,
+    }
 )
 
 
