@@ -12,6 +12,10 @@ import pytest
 
 from tests.pipeline_helpers import kubeslim, manifest, write
 
+# Training the baseline and a search of four candidates (a dozen stage processes)
+# take about two minutes on two idle cores, many more on shared ones.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
 SEARCH_SPEC: dict[str, Any] = {
     "dataset": {"tuningFraction": 0.2},
     "pruning": {"schedule": {"steps": 1}, "fineTune": {"epochs": 1}},
