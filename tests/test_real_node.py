@@ -12,12 +12,14 @@ Both check that the host is left as it was.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -339,31 +341,38 @@ def test_a_missing_image_fails_without_leaving_the_machine(
     assert "127.0.0.1:9" in waiting().message
 
 
-def test_import_image_makes_a_docker_archive_runnable(cluster: Cluster, namespace: str) -> None:
-    """The path the project's images take: a docker-archive imported into the
-    node's containerd, then run with imagePullPolicy Never."""
+def test_import_image_makes_a_docker_archive_runnable(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """The path every image takes here: a docker-archive imported into the
+    node's containerd, then run with imagePullPolicy Never. This one is the
+    test image's layer plus one with a script."""
     from tests.cluster.node import ARCHIVES
-    from tests.cluster.node_images import test_base_archive
+    from tests.cluster.node_images import test_base_archive, write_docker_archive
 
-    tag = test_base_archive(ARCHIVES)[0]
-    retagged = f"localhost/kubeslim/imported:{secrets.token_hex(3)}"
-    copy = ARCHIVES / f"{retagged.rsplit(':', 1)[1]}.tar"
-    subprocess.run(["podman", "tag", tag, retagged], check=True)
+    with tarfile.open(test_base_archive(ARCHIVES)[1]) as tar:
+        (manifest,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        tar.extract(manifest["Layers"][0], tmp_path, filter="tar")
+    script = b"print('imported')\n"
+    with tarfile.open(tmp_path / "top.tar", "w") as top:
+        member = tarfile.TarInfo("hello.py")
+        member.size = len(script)
+        top.addfile(member, io.BytesIO(script))
+    tag = f"localhost/kubeslim/imported:{secrets.token_hex(3)}"
+    layers = [tmp_path / manifest["Layers"][0], tmp_path / "top.tar"]
+    archive = write_docker_archive(tmp_path / "image.tar", tag, layers, ["python", "/hello.py"])
+
+    assert cluster.import_image(archive, tag) == tag
+    manifest_pod = pod("imported", tag, "")
+    del manifest_pod["spec"]["containers"][0]["command"]
+    cluster.apply(manifest_pod, namespace=namespace)
     try:
-        subprocess.run(
-            ["podman", "save", "--format", "docker-archive", "-o", str(copy), retagged],
-            check=True,
-            capture_output=True,
-        )
-        assert cluster.import_image(copy, retagged) == retagged
-        cluster.apply(pod("imported", retagged, "print('imported')"), namespace=namespace)
         assert finished(cluster, namespace, "imported").status.phase == "Succeeded"
+        assert cluster.pod_log(namespace, "imported") == "imported\n"
     finally:
         client.CoreV1Api(cluster.api_client()).delete_namespaced_pod("imported", namespace)
         assert cluster.node is not None
-        cluster.node.images.remove_image(retagged)
-        copy.unlink(missing_ok=True)
-        subprocess.run(["podman", "rmi", retagged], capture_output=True)
+        cluster.node.images.remove_image(tag)
 
 
 def test_project_images_run_their_entry_point_restricted(

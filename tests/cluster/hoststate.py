@@ -351,6 +351,18 @@ def undo_leftovers() -> list[str]:
     return done
 
 
+def sweep_if_idle() -> list[str]:
+    """Undo a killed session's node if no node runs now (any session may call
+    it at start, fake node or not); nothing without root or a record."""
+    if os.geteuid() != 0 or HostRecord.load() is None:
+        return []
+    try:
+        with host_lock(timeout=0):
+            return undo_leftovers()
+    except TimeoutError:  # another session's node is running
+        return []
+
+
 def main() -> None:
     """Remove what a killed test session's node left behind."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -41,11 +41,12 @@ def _add_file(layer: tarfile.TarFile, name: str, data: bytes, mode: int) -> None
 
 
 def write_docker_archive(
-    dest: Path, tag: str, layer_tar: Path, entrypoint: list[str], user: str = ""
+    dest: Path, tag: str, layers: list[Path], entrypoint: list[str], user: str = ""
 ) -> Path:
     """A docker-archive (what `podman save --format docker-archive` writes)
-    of one layer, without podman: `ctr images import` reads it."""
-    layer_digest = hashlib.sha256(layer_tar.read_bytes()).hexdigest()
+    of uncompressed layer tarballs, bottom first, without podman: `ctr images
+    import` reads it."""
+    digests = [hashlib.sha256(layer.read_bytes()).hexdigest() for layer in layers]
     image_config = {
         "architecture": "amd64",
         "os": "linux",
@@ -54,16 +55,18 @@ def write_docker_archive(
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "User": user,
         },
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in digests]},
     }
     config_bytes = json.dumps(image_config, sort_keys=True).encode()
     config_name = f"{hashlib.sha256(config_bytes).hexdigest()}.json"
-    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": [f"{layer_digest}.tar"]}]
+    names = [f"{d}.tar" for d in digests]
+    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": names}]
     partial = dest.with_suffix(".partial")
     with tarfile.open(partial, "w") as archive:
         _add_file(archive, config_name, config_bytes, 0o644)
         _add_file(archive, "manifest.json", json.dumps(manifest).encode(), 0o644)
-        archive.add(layer_tar, arcname=f"{layer_digest}.tar")
+        for layer, name in zip(layers, names, strict=True):
+            archive.add(layer, arcname=name)
     partial.replace(dest)
     return dest
 
@@ -79,30 +82,49 @@ def pause_archive(pause_binary: Path, cache: Path) -> tuple[str, Path]:
         layer = cache / "pause-layer.tar"
         with tarfile.open(layer, "w") as tar:
             _add_file(tar, "pause", data, 0o755)
-        write_docker_archive(dest, tag, layer, ["/pause"], user="65535:65535")
+        write_docker_archive(dest, tag, [layer], ["/pause"], user="65535:65535")
         layer.unlink()
     return tag, dest
 
 
-def test_base_archive(cache: Path) -> tuple[str, Path]:
-    """A small Debian image with Python (the images' own mmdebstrap base,
-    from tests/images/build.py), for tests that prove the node itself."""
-    from tests.images import build
+# The test image: Debian minbase with Python, made here with mmdebstrap from
+# the mirror apt uses (no registry is reachable).
+TEST_SUITE = "bookworm"
+TEST_PACKAGES = ("python3", "python-is-python3")
 
-    base_ref = build.base_image()
-    tag = f"{TEST_REPOSITORY}:{base_ref.rsplit(':', 1)[1]}"
-    dest = cache / f"test-base-{tag.rsplit(':', 1)[1]}.tar"
-    if not dest.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["podman", "tag", base_ref, tag], check=True, capture_output=True)
-        partial = dest.with_suffix(".partial")
-        partial.unlink(missing_ok=True)
-        subprocess.run(
-            ["podman", "save", "--format", "docker-archive", "-o", str(partial), tag],
-            check=True,
-            capture_output=True,
-        )
-        partial.replace(dest)
+
+def test_base_archive(cache: Path) -> tuple[str, Path]:
+    """A small Debian image with Python for tests that prove the node itself,
+    independent of the project's image builds (and their build lock): the
+    mmdebstrap root filesystem is the image's one layer. Tagged by its
+    inputs, made once."""
+    from tests.images.build import debian_mirror
+
+    key = hashlib.sha256(f"{TEST_SUITE} {sorted(TEST_PACKAGES)}".encode()).hexdigest()[:12]
+    tag = f"{TEST_REPOSITORY}:{TEST_SUITE}-{key}"
+    dest = cache / f"test-base-{TEST_SUITE}-{key}.docker.tar"
+    if dest.exists():
+        return tag, dest
+    cache.mkdir(parents=True, exist_ok=True)
+    rootfs = cache / f"test-base-{key}.rootfs.tar"
+    result = subprocess.run(
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--include={','.join(TEST_PACKAGES)}",
+            TEST_SUITE,
+            str(rootfs),
+            debian_mirror(),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ImageError(f"mmdebstrap failed: {result.stderr.strip()[-2000:]}")
+    try:
+        write_docker_archive(dest, tag, [rootfs], ["python"])
+    finally:
+        rootfs.unlink(missing_ok=True)
     return tag, dest
 
 

@@ -96,6 +96,10 @@ def k8s_cluster(
         finally:
             cluster.stop_processes()
         return
+    from tests.cluster.hoststate import sweep_if_idle
+
+    for line in sweep_if_idle():
+        log.warning("a killed test session's real node left state behind: %s", line)
     with _teardown_on_termination():
         rig = Rig(binaries_dir(), work_dir, node=request.config.getoption("--node"))
         rig.start()
