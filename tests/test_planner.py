@@ -692,3 +692,19 @@ def test_what_the_operator_does_not_allow_is_refused_naming_the_field() -> None:
         status=ModelOptimizationStatus(), allowed=allowed,
     )  # fmt: skip
     assert plan(inp).action == Action.create_jobs
+
+
+def test_describe_says_what_to_do_next() -> None:
+    world = World(spec_of())
+    result = world.step()
+    assert result.status.next_step == f"running prune: kubectl logs -f job/{result.create[0].name}"
+    world.fail("prune", "OOMKilled")
+    failed = world.step().status.next_step or ""
+    assert "kubectl annotate mopt demo kubeslim.dev/retry=" in failed
+    assert World(spec_of(suspend=True)).step().status.next_step == (
+        "suspended: set spec.suspend to false to resume"
+    )
+    refused = World(spec_of(artifacts={"uri": "/local"})).step().status.next_step
+    assert refused == "fix the field the Failed condition names and apply the spec again"
+    done = World(spec_of())
+    assert (done.run_to_end().status.next_step or "").startswith("done:")

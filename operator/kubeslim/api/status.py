@@ -347,6 +347,11 @@ class ModelOptimizationStatus(ApiModel):
         max_length=253,
         description="lastCancel: the kubeslim.dev/cancel annotation value last acted on.",
     )
+    next_step: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="nextStep: what a person can do now (kubectl describe shows it).",
+    )
 
 
 def now_rfc3339() -> str:

@@ -57,6 +57,7 @@ from kubeslim.planner.status import (
     columns,
     find_condition,
     metrics_from,
+    next_step,
     progress_text,
     record_result,
     set_condition,
@@ -98,6 +99,14 @@ class _Walk:
 
 def plan(inp: PlanInput) -> Plan:
     """Decide the next step for one ModelOptimization."""
+    decided = _plan(inp)
+    hint = next_step(decided.status, inp.name) or None
+    if decided.extra.get("settled") or decided.status.next_step == hint:
+        return decided  # a settled resource is left exactly as it is
+    return replace(decided, status=decided.status.model_copy(update={"next_step": hint}))
+
+
+def _plan(inp: PlanInput) -> Plan:
     if _asked(inp.cancel, inp.status.last_cancel):
         return _cancel(inp)
     if _asked(inp.retry, inp.status.last_retry):

@@ -19,6 +19,7 @@ from kubeslim.api.status import (
     Reason,
     StageState,
     StageStatus,
+    State,
 )
 from kubeslim.planner.model import Event
 from kubeslim.store.base import resolve
@@ -243,3 +244,33 @@ def _condition_rank(c: Condition) -> int:
 def _cap(text: str, limit: int) -> str:
     """Keep the end of long texts: a log's last lines say most."""
     return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+
+
+def next_step(status: ModelOptimizationStatus, name: str) -> str:
+    """One line for `kubectl describe`: what a person can do about where it stands."""
+    failed = find_condition(status.conditions, ConditionType.failed)
+    reason = failed.reason if failed is not None and failed.status == "True" else ""
+    stage = status.current_stage or ""
+    retry = f"kubectl annotate mopt {name} kubeslim.dev/retry=$(date +%s) --overwrite"
+    job = next((s.job_name for s in status.stages if s.name == stage and s.job_name), None)
+    pods = f"kubectl describe pods -l job-name={job}" if job else "kubectl describe pods"
+    if status.state == State.succeeded:
+        return "done: the optimized model is status.artifacts.int8Ir (or .ir); metrics in status"
+    if status.state == State.suspended:
+        return "suspended: set spec.suspend to false to resume"
+    if status.state == State.waiting:
+        return "waits for a concurrency slot; it starts when another optimization finishes"
+    if reason in (Reason.invalid_spec, Reason.unsupported_in_cluster, Reason.not_allowed):
+        return "fix the field the Failed condition names and apply the spec again"
+    if reason == Reason.pod_cannot_start:
+        return f"the Pod could not start: fix its image, Secret or node ({pods}), then {retry}"
+    if reason == Reason.cancelled:
+        return f"cancelled: {retry} to run the stage again, or edit the spec"
+    if status.state == State.failed:
+        return (
+            f"read the Failed condition; fix the spec and apply it, or if the cause has "
+            f"passed: {retry}"
+        )
+    if status.state == State.running and job:
+        return f"running {stage}: kubectl logs -f job/{job}"
+    return ""
