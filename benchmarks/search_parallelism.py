@@ -133,9 +133,10 @@ def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str,
         operator.wait_for_output("watching bench", timeout=60)
         rows = []
         for p in parallelism:
-            artifacts = work / f"cluster-artifacts-p{p}"
-            shutil.rmtree(artifacts, ignore_errors=True)
-            body = spec(ckpt, artifacts, p)
+            # A local artifacts path reaches the stage Pods only through a volume.
+            shutil.rmtree(cluster.pvc_dir("bench", "artifacts") / f"p{p}", ignore_errors=True)
+            body = spec(ckpt, Path(f"/kubeslim-artifacts/p{p}"), p)
+            body["spec"]["artifacts"]["volume"] = {"claimName": "artifacts"}
             body["metadata"] = {"name": f"search-p{p}", "namespace": "bench"}
             body["spec"]["execution"] = {"backoffLimit": 0}
             started = time.monotonic()
