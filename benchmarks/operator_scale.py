@@ -14,6 +14,12 @@ subprocess; a watch on Jobs records when each resource's first Job arrives.
    RSS once every resource has its Job).
 
     .venv/bin/python -m benchmarks.operator_scale [--count 100]
+
+3. with --waiting N: one resource holds the only slot (KUBESLIM_MAX_CONCURRENT=1)
+   and N more wait behind it; the API server's request rate (apiserver_request_total,
+   every client) over a window with the operator idle, then with the N waiting.
+
+    .venv/bin/python -m benchmarks.operator_scale --waiting 1000
 """
 
 from __future__ import annotations
@@ -171,14 +177,91 @@ def run(count: int, work: Path) -> dict[str, Any]:
         rig.stop()
 
 
+def api_requests(api: Any) -> float:
+    """The API server's request count so far (every client, from its /metrics)."""
+    rsp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[0]
+    total = 0.0
+    for line in rsp.data.decode().splitlines():
+        if line.startswith("apiserver_request_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def request_rate(api: Any, seconds: float) -> float:
+    before = api_requests(api)
+    time.sleep(seconds)
+    return round((api_requests(api) - before) / seconds, 2)
+
+
+def run_waiting(count: int, work: Path, window: float) -> dict[str, Any]:
+    """N resources waiting behind one slot: the API requests per second they cost."""
+    from kubernetes import client
+    from tests.cluster.cluster import Cluster
+    from tests.cluster.rig import Rig, binaries_dir
+
+    rig = Rig(binaries_dir(), work)
+    rig.start()
+    try:
+        rig.processes.pop("kubelet").stop()  # the one running Job's Pod stays Pending
+        cluster = Cluster(rig.kubeconfig, work, rig)
+        cluster.apply(CRD_FILE)
+        cluster.wait_crd_established(f"{PLURAL}.{GROUP}")
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        api = cluster.api_client()
+        custom = client.CustomObjectsApi(api)
+        operator = cluster.start_process(
+            [sys.executable, "-m", "kubeslim", "operator", "--namespace", NAMESPACE],
+            env={"KUBESLIM_MAX_CONCURRENT": "1", "PYTHONUNBUFFERED": "1"},
+            name="kubeslim-operator",
+        )
+        operator.wait_for_output("watching " + NAMESPACE, timeout=60)
+        create(custom, "holder")  # takes the only slot and keeps it (its Pod never runs)
+        time.sleep(5)
+        idle = request_rate(api, window)  # the control plane's own noise, operator idle
+        start = time.monotonic()
+        for i in range(count):
+            create(custom, f"wait-{i:04d}")
+
+        def waiting() -> int:
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
+            return sum(
+                1 for o in items["items"] if (o.get("status") or {}).get("state") == "Waiting"
+            )
+
+        while waiting() < count and time.monotonic() - start < 1800:
+            time.sleep(10)
+        settled_s = round(time.monotonic() - start, 1)
+        loaded = request_rate(api, window)
+        return {
+            "waitingCount": waiting(),
+            "allWaitingAfterSeconds": settled_s,
+            "requestsPerSecondIdle": idle,
+            "requestsPerSecondWhileWaiting": loaded,
+            "requestsPerSecondForTheWaiting": round(loaded - idle, 2),
+            "windowSeconds": window,
+            "operatorRssMiB": round(proc_kib(operator.pid, "VmRSS") / 1024, 1),
+            "operatorLogTail": operator.tail(1500),
+        }
+    finally:
+        rig.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument(
+        "--waiting", type=int, default=0, help="instead: N resources waiting behind one slot"
+    )
+    parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--output", default="operator_scale")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kubeslim-scale-") as tmp:
-        result = {**header(), "settings": "KUBESLIM_MAX_CONCURRENT=0, kubelet stopped"}
-        result.update(run(args.count, Path(tmp)))
+        if args.waiting:
+            result = {**header(), "settings": "KUBESLIM_MAX_CONCURRENT=1, kubelet stopped"}
+            result.update(run_waiting(args.waiting, Path(tmp), args.window))
+        else:
+            result = {**header(), "settings": "KUBESLIM_MAX_CONCURRENT=0, kubelet stopped"}
+            result.update(run(args.count, Path(tmp)))
     save(args.output, result)
     for k, v in result.items():
         if k not in ("machine", "operatorLogTail"):

@@ -472,12 +472,7 @@ def test_spec_the_operator_rejects_gets_invalid_spec(env: Env) -> None:
     try:
         both = {**SPEC, "model": {"architecture": "resnet18", "entryPoint": "pkg.mod:build"}}
         _wait("the looser CRD", lambda: _try_create(env, "invalid", both), env.operator)
-        status = env.wait_state("invalid", "Failed")
-        failed = env.condition("invalid", "Failed")
-        assert failed["reason"] == "InvalidSpec"
-        assert failed["message"].startswith("invalid spec: spec.model:")
-        assert status["summary"].startswith("invalid spec: spec.model")
-        assert env.jobs("invalid") == []
+        _assert_refused(env, "invalid", "InvalidSpec", "invalid spec: spec.model")
         assert env.operator.returncode is None
     finally:
         current = env.ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
@@ -540,12 +535,8 @@ def test_a_transient_failure_is_retried(env: Env) -> None:
 
 def test_a_local_artifacts_path_without_a_volume_is_refused_up_front(env: Env) -> None:
     env.create("no-volume", SPEC, {}, artifacts={"uri": "/data/artifacts"})
-    status = env.wait_state("no-volume", "Failed")
-    failed = env.condition("no-volume", "Failed")
-    assert failed["reason"] == "UnsupportedInCluster"
-    assert failed["message"].startswith("cannot run on a cluster: spec.artifacts.uri:")
-    assert status["summary"].startswith("cannot run on a cluster: spec.artifacts.uri")
-    assert env.jobs("no-volume") == []
+    lead = "cannot run on a cluster: spec.artifacts.uri"
+    _assert_refused(env, "no-volume", "UnsupportedInCluster", lead)
     env.delete("no-volume")
 
 
@@ -702,6 +693,15 @@ def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
     finally:
         env.stop_operator()
         env.start_operator()
+
+
+def _assert_refused(env: Env, name: str, reason: str, lead: str) -> None:
+    """Failed before any Job, the condition and summary naming the field."""
+    status = env.wait_state(name, "Failed")
+    failed = env.condition(name, "Failed")
+    assert failed["reason"] == reason
+    assert failed["message"].startswith(lead + ":") and status["summary"].startswith(lead)
+    assert env.jobs(name) == []
 
 
 def _try_create(env: Env, name: str, spec: dict[str, Any]) -> bool:

@@ -62,6 +62,8 @@ class World:
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.clock = 0
+        self.retry = ""  # the kubeslim.dev/retry annotation
+        self.cancel = ""  # the kubeslim.dev/cancel annotation
 
     def step(self, slots: Slots | None = None, write: bool = True) -> Plan:
         self.clock += 1
@@ -75,6 +77,8 @@ class World:
                 jobs=list(self.jobs.values()),
                 slots=slots or Slots(),
                 now=f"2026-11-27T07:00:{self.clock:02d}Z",
+                retry=self.retry,
+                cancel=self.cancel,
             )
         )
         for request in result.create:
@@ -86,6 +90,7 @@ class World:
                     fingerprint=request.fingerprint,
                     generation=request.generation,
                     shard=request.shard,
+                    retry_round=request.retry_round,
                     active=1,
                     start_time=f"2026-11-27T07:00:{self.clock:02d}Z",
                 )
@@ -583,35 +588,8 @@ def test_status_jobs_keep_only_the_current_run() -> None:
 
 
 def _with_annotations(world: World, retry: str = "", cancel: str = "") -> Plan:
-    world.clock += 1
-    result = plan(
-        PlanInput(
-            name="demo",
-            namespace="ns",
-            generation=world.generation,
-            spec=world.spec,
-            status=world.status,
-            jobs=list(world.jobs.values()),
-            now=f"2026-11-27T07:00:{world.clock:02d}Z",
-            retry=retry,
-            cancel=cancel,
-        )
-    )
-    for request in result.create:
-        world.created.append(short(request.name))
-        world.jobs[request.name] = ObservedJob(
-            name=request.name,
-            stage=request.stage,
-            fingerprint=request.fingerprint,
-            generation=request.generation,
-            retry_round=request.retry_round,
-            active=1,
-        )
-    for name in result.delete:
-        world.deleted.append(short(name))
-        world.jobs.pop(name)
-    world.status = result.status
-    return result
+    world.retry, world.cancel = retry, cancel
+    return world.step()
 
 
 def test_suspend_deletes_running_jobs_and_resume_continues() -> None:
