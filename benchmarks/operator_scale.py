@@ -179,7 +179,7 @@ def run(count: int, work: Path) -> dict[str, Any]:
 
 def api_requests(api: Any) -> float:
     """The API server's request count so far (every client, from its /metrics)."""
-    rsp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[0]
+    rsp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
     total = 0.0
     for line in rsp.data.decode().splitlines():
         if line.startswith("apiserver_request_total{"):

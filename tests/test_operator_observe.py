@@ -238,3 +238,103 @@ def test_metrics_count_states_durations_failures_and_the_queue() -> None:
     assert "kubeslim_waiting_queue_length 3.0" in text
     metrics.forget("ns/b")
     assert metrics.resources.labels(state="Failed")._value.get() == 0
+
+
+def test_a_409_from_a_job_of_another_owner_or_spec_clears_the_way() -> None:
+    from kubeslim.handlers.reconcile import _clear_the_way
+
+    class Jobs:
+        def __init__(self, job: dict[str, Any]) -> None:
+            self.job, self.deleted = job, []  # type: list[str]
+
+        def find_job(self, namespace: str, name: str) -> dict[str, Any]:
+            return self.job
+
+        def delete_job(self, namespace: str, name: str) -> None:
+            self.deleted.append(name)
+
+    def job(uid: str, fingerprint: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": "m-prune-g1-0a1b2c3d",
+                "annotations": {"kubeslim.dev/fingerprint": fingerprint},
+                "ownerReferences": [{"uid": uid, "controller": True}],
+            }
+        }
+
+    cases = [(job("me", "fp"), []), (job("old-namesake", "fp"), ["m-prune-g1-0a1b2c3d"])]
+    cases.append((job("me", "other-spec"), ["m-prune-g1-0a1b2c3d"]))
+    for existing, deleted in cases:
+        kube = Jobs(existing)
+        rt = Runtime(config=OperatorConfig(), kube=kube, table=SlotTable(1))  # type: ignore[arg-type]
+        _clear_the_way(rt, "ns", "m-prune-g1-0a1b2c3d", "me", "fp")
+        assert kube.deleted == deleted
+
+
+def test_failure_text_says_what_happened_to_the_pod() -> None:
+    evicted = {
+        "status": {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": "The node was low on resource: ephemeral-storage.",
+            "containerStatuses": [
+                {
+                    "name": "stage",
+                    "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}},
+                }
+            ],
+        }
+    }
+    text = failure_text("BackoffLimitExceeded", [evicted], "")
+    assert "Pod Evicted: The node was low on resource: ephemeral-storage." in text
+    bad = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "stage",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 2,
+                            "message": '{"stage": "prune", "error": "spec.model.checkpoint: no '
+                            'such file: /x.pt", "exitCode": 2}',
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    text = failure_text("PodFailurePolicy", [bad], "")
+    assert text.splitlines()[0] == "error: spec.model.checkpoint: no such file: /x.pt"
+
+
+def test_pods_that_cannot_start_are_told_apart() -> None:
+    from kubeslim.handlers.observe import pod_blocker
+
+    def waiting(reason: str) -> dict[str, Any]:
+        state = {"waiting": {"reason": reason, "message": "m"}}
+        return {"status": {"containerStatuses": [{"name": "stage", "state": state}]}}
+
+    assert pod_blocker(waiting("CreateContainerConfigError")) == (
+        "CreateContainerConfigError",
+        "m",
+        True,
+    )
+    assert pod_blocker(waiting("ImagePullBackOff")) == ("ImagePullBackOff", "m", False)
+    assert pod_blocker(waiting("ContainerCreating")) is None
+    unschedulable = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes: Insufficient nvidia.com/gpu",
+                }
+            ]
+        }
+    }
+    assert pod_blocker(unschedulable) == (
+        "Unschedulable",
+        "0/1 nodes: Insufficient nvidia.com/gpu",
+        False,
+    )
