@@ -546,13 +546,36 @@ class Rig:
         self._wait("the node, the default ServiceAccount and kube-root-ca.crt", ready)
 
 
+def measure(node: str, cycles: int) -> None:
+    """Start and stop a rig `cycles` times in a row; print each ready and stop time."""
+    import tempfile
+
+    bin_dir = binaries_dir()
+    for _ in range(cycles):
+        rig = Rig(bin_dir, Path(tempfile.mkdtemp(prefix="kubeslim-rig-")), node=node)
+        rig.start()
+        begin = time.monotonic()
+        rig.stop()
+        print(f"ready in {rig.ready_s:.1f} s, stopped in {time.monotonic() - begin:.1f} s")
+
+
 def main() -> None:
-    """Start a rig by hand: prints the kubeconfig path, stops on Ctrl-C."""
+    """Start a rig by hand: prints the kubeconfig path, stops on Ctrl-C.
+
+    `python -m tests.cluster.rig [fake|real] [--cycles N]`: with --cycles,
+    start and stop it N times and print the times instead.
+    """
     import tempfile
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:]
+    node = args[0] if args and not args[0].startswith("-") else "fake"
+    if "--cycles" in args:
+        logging.getLogger().setLevel(logging.WARNING)
+        measure(node, int(args[args.index("--cycles") + 1]))
+        return
     work = Path(tempfile.mkdtemp(prefix="kubeslim-rig-"))
-    rig = Rig(binaries_dir(), work, node=sys.argv[1] if len(sys.argv) > 1 else "fake")
+    rig = Rig(binaries_dir(), work, node=node)
     rig.start()
     print(f"ready in {rig.ready_s:.1f} s; export KUBECONFIG={rig.kubeconfig}", flush=True)
     signals = {signal.SIGINT, signal.SIGTERM}
