@@ -31,17 +31,11 @@ from tests.cluster import hoststate
 from tests.cluster.cluster import Cluster, wait_for
 from tests.cluster.node import STATE_DIR
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.real_node]
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120.0
 NONROOT = 10001
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _real_node_only(request: pytest.FixtureRequest) -> None:
-    if request.config.getoption("--node") != "real":
-        pytest.skip("tests of the real node: run with --node=real")
 
 
 @pytest.fixture(scope="module")

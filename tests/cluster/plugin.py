@@ -58,6 +58,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_node: needs the rig's real node (--node=real)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip real_node tests up front without --node=real (before any fixture
+    would start a cluster for them)."""
+    if config.getoption("--node") == "real":
+        return
+    skip = pytest.mark.skip(reason="tests of the real node: run with --node=real")
+    for item in items:
+        if item.get_closest_marker("real_node"):
+            item.add_marker(skip)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -113,20 +128,22 @@ def k8s_cluster(
 
 
 @pytest.fixture(scope="session")
-def project_images(request: pytest.FixtureRequest, k8s_cluster: Cluster) -> dict[str, str]:
+def project_images(request: pytest.FixtureRequest) -> dict[str, str]:
     """The project's images by kind (operator, runtime, trainer) -> tag, built
     by tests/images/build.py (cached by input hash) and imported into the real
     node: those named by --node-images."""
     option = str(request.config.getoption("--node-images"))
     if not option:
         pytest.skip("needs the project's images: run with --node=real --node-images=KINDS")
-    if k8s_cluster.node is None:
+    if request.config.getoption("--node") != "real" or request.config.getoption("--kubeconfig"):
         pytest.skip("--node-images imports into the rig's real node: add --node=real")
     from tests.images.build import DEFAULT_KINDS, images
 
+    cluster: Cluster = request.getfixturevalue("k8s_cluster")
+    assert cluster.node is not None
     kinds = DEFAULT_KINDS if option == "all" else tuple(option.split(","))
     tags = {}
     for kind, built in images(kinds).items():
-        k8s_cluster.node.images.import_archive(Path(built.archive), built.tag)
+        cluster.node.images.import_archive(Path(built.archive), built.tag)
         tags[kind] = built.tag
     return tags
