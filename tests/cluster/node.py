@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -33,7 +34,7 @@ import yaml
 from tests.cluster import hoststate
 from tests.cluster.certs import KeyPair, Pki, issue
 from tests.cluster.node_images import ImageStore, pause_archive
-from tests.cluster.rig import ManagedProcess, RigError, free_port, write_kubeconfig
+from tests.cluster.rig import ManagedProcess, RigError, built_dir, free_port, write_kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,11 @@ ARCHIVES = STORE / "archives"
 # Removed when the node stops.
 STATE_DIR = Path(os.environ.get("KUBESLIM_NODE_STATE", "/var/lib/kubeslim-node"))
 START_TIMEOUT_S = 90.0
-POD_DRAIN_TIMEOUT_S = 60.0
 
 
 def containerd_dir() -> Path:
     """containerd's binaries: $KUBESLIM_CONTAINERD_BIN, or what build.sh prints."""
-    if os.environ.get("KUBESLIM_CONTAINERD_BIN"):
-        return Path(os.environ["KUBESLIM_CONTAINERD_BIN"])
-    result = subprocess.run(["bash", str(CONTAINERD_BUILD)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RigError(f"{CONTAINERD_BUILD} failed:\n{result.stderr[-4000:]}")
-    return Path(result.stdout.strip().splitlines()[-1])
+    return built_dir(CONTAINERD_BUILD, "KUBESLIM_CONTAINERD_BIN")
 
 
 def missing_host_tools() -> list[str]:
@@ -76,19 +71,13 @@ def missing_host_tools() -> list[str]:
     needed = {
         "runc": RUNC.exists(),
         "containernetworking-plugins": (CNI_BIN_DIR / "bridge").exists(),
-        "iptables": bool(_which("iptables")),
-        "iproute2": bool(_which("ip")),
+        "iptables": bool(shutil.which("iptables")),
+        "iproute2": bool(shutil.which("ip")),
     }
     missing = [name for name, ok in needed.items() if not ok]
     if os.geteuid() != 0:
         missing.append("root")
     return missing
-
-
-def _which(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
 
 
 class RealNode:

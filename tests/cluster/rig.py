@@ -87,15 +87,18 @@ class RigError(RuntimeError):
 
 
 def binaries_dir() -> Path:
-    """Where the binaries are: $KUBESLIM_K8S_BIN, or whatever build.sh prints.
+    """Where the Kubernetes binaries are: $KUBESLIM_K8S_BIN, or what build.sh prints."""
+    return built_dir(BUILD_SCRIPT, "KUBESLIM_K8S_BIN")
 
-    build.sh returns at once when its cache is warm and builds otherwise.
-    """
-    if os.environ.get("KUBESLIM_K8S_BIN"):
-        return Path(os.environ["KUBESLIM_K8S_BIN"])
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
+
+def built_dir(script: Path, env_var: str) -> Path:
+    """$`env_var` if set, else the directory the build script prints; the
+    script returns at once when its cache is warm and builds otherwise."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise RigError(f"{BUILD_SCRIPT} failed:\n{result.stderr[-4000:]}")
+        raise RigError(f"{script} failed:\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
