@@ -75,6 +75,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "fpgm-global": {"masking": "hard", "globalRanking": True},
     "fpgm-kd": {"masking": "hard", "distillation": 0.5},
     "fpgm-soft-kd": {"masking": "soft", "distillation": 0.5},
+    "tp-fpgm-kd": {"masking": "hard", "importance": "tp-fpgm", "distillation": 0.5},
 }
 REFERENCE = "fpgm"
 

@@ -53,12 +53,20 @@ def test_masked_filters_do_not_change_the_others() -> None:
     torch.manual_seed(0)
     live = torch.randn(5, 4)
     with_masked = torch.cat([live[:2], torch.zeros(2, 4), live[2:]])
-    for criterion in Criterion:
+    for criterion in (Criterion.geometric_median, Criterion.l1, Criterion.l2):
         alone = _scores(live, criterion)
         mixed = _scores(with_masked, criterion)
         assert torch.allclose(mixed[[0, 1, 4, 5, 6]], alone, atol=1e-6), criterion
         assert (mixed[[2, 3]] == 0).all()  # masked filters score lowest and stay masked
         assert abs(float(alone.mean()) - 1) < 1e-5  # normalised per layer
+
+
+def test_group_geometric_median_is_torch_pruning_s_own() -> None:
+    """Kept under its own name: it measured ahead (benchmarks/RESULTS.md section 5)."""
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    scores = _scores(torch.stack([a, -a, b, b]), Criterion.group_geometric_median)
+    assert scores.shape == (4,)
+    assert not scores[0] > 1.5 * scores[2]  # squared weights: a and -a look alike
 
 
 def test_norm_criteria_are_the_per_filter_norms_of_the_producing_layer() -> None:

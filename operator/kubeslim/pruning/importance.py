@@ -76,7 +76,10 @@ class FilterImportance:
 
 
 def importance_for(criterion: Criterion) -> Importance:
-    """kubeslim's implementation of the criterion (see the module docstring)."""
+    """kubeslim's implementation of the criterion (see the module docstring);
+    group_geometric_median is torch-pruning's own FPGMImportance."""
+    if criterion is Criterion.group_geometric_median:
+        return tp.importance.FPGMImportance(p=2)
     score = {
         Criterion.geometric_median: geometric_median,
         Criterion.l1: l1_norm,
