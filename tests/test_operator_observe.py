@@ -338,3 +338,36 @@ def test_pods_that_cannot_start_are_told_apart() -> None:
         "0/1 nodes: Insufficient nvidia.com/gpu",
         False,
     )
+
+
+def test_a_waiting_resource_keeps_its_place_in_the_queue(monkeypatch: Any) -> None:
+    from kubeslim.handlers.reconcile import reconcile
+    from kubeslim.planner import Action
+
+    monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)  # no operator to post
+
+    class Kube:
+        def __init__(self) -> None:
+            self.patches: list[dict[str, Any]] = []
+
+        def get_optimization(self, namespace: str, name: str) -> dict[str, Any]:
+            spec = {
+                "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+                "dataset": {"name": "digits"},
+                "artifacts": {"uri": "s3://bucket/runs"},
+            }
+            meta = {"name": name, "namespace": namespace, "uid": "u", "generation": 1}
+            return {"metadata": meta, "spec": spec}
+
+        def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+            return []
+
+        def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+            self.patches.append(patch)
+
+    table = SlotTable(limit=1)
+    table.settle("ns/holder", True)
+    rt = Runtime(config=OperatorConfig(max_concurrent=1), kube=Kube(), table=table)  # type: ignore[arg-type]
+    decided = reconcile(rt, "ns", "b")
+    assert decided is not None and decided.action == Action.wait_for_capacity
+    assert table.queue == ["ns/b"] and not table.admissible("ns/b", [])

@@ -177,8 +177,8 @@ def _reconcile(
             )
         decided = _act(rt, body, spec, decided)
         if not decided.holds_slot:  # a refused Job turns the plan terminal: free the slot
-            with rt.table.lock:
-                rt.table.settle(key, False)
+            with rt.table.lock:  # (a waiting resource keeps its place in the queue)
+                rt.table.settle(key, False, waits=decided.action == Action.wait_for_capacity)
         rt.metrics.observe(key, status, decided.status)
         rt.metrics.waiting(len(rt.table.queue))
         new_status = decided.status
