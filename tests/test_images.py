@@ -701,7 +701,9 @@ def test_images_hold_the_builtin_datasets(built: dict[str, Any], kind: str) -> N
 def test_each_stage_runs_in_its_image(built: dict[str, Any], tmp_path: Path) -> None:
     """prune and convert in the trainer image, quantize and benchmark in the runtime image
     (the operator's own stage-to-image mapping), chained through one artifacts volume."""
+    from kubeslim.api.manifest import load_manifest
     from kubeslim.config import OperatorConfig
+    from kubeslim.stages.pipeline import enabled_stages
 
     config = OperatorConfig(trainer_image=built["trainer"].tag, runtime_image=built["runtime"].tag)
     spec = tiny_manifest(tmp_path / "tiny.yaml")
@@ -710,7 +712,7 @@ def test_each_stage_runs_in_its_image(built: dict[str, Any], tmp_path: Path) -> 
     art.chmod(0o777)  # the image's user writes here, as on a shared volume
     volumes = (f"{art}:/artifacts", f"{spec}:/spec/tiny.yaml:ro")
     results = {}
-    for stage in STAGE_NAMES:
+    for stage in enabled_stages(load_manifest(spec).spec):
         proc = podman_run(
             config.stage_image(stage),
             "stage", stage, "--manifest", "/spec/tiny.yaml", "--artifacts", "/artifacts",
