@@ -28,7 +28,7 @@ install: $(STAMP)
 # Debian packages: Fashion-MNIST for the quickstart, Ceph for the S3 tests; runc, the CNI
 # plugins, iptables and iproute2 for the real test node; podman and mmdebstrap for images.
 APT_PACKAGES := dataset-fashion-mnist radosgw ceph-mon ceph-osd ceph-common \
-	runc containernetworking-plugins iptables iproute2 podman mmdebstrap
+	runc containernetworking-plugins iptables iproute2 podman buildah mmdebstrap
 # Chromium: the search report is tested in a real headless browser (tests/test_report.py).
 APT_PACKAGES += chromium
 system-deps:

@@ -288,6 +288,8 @@ def remove_leftovers() -> None:
     """Working containers of builds that were killed (a timeout, Ctrl-C): each holds a
     builder's venv, gigabytes for the trainer. Called under the build lock, so none of
     them belongs to a running build of ours."""
+    if not shutil.which("buildah"):
+        return
     listed = run(["buildah", "containers", "--json"], capture_output=True).stdout
     ours = [
         c["id"] for c in json.loads(listed or "null") or [] if c["imagename"].startswith(REPOSITORY)
