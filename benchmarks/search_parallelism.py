@@ -64,7 +64,10 @@ def spec(ckpt: Path, artifacts: Path, parallelism: int) -> dict[str, Any]:
 
 
 def kubeslim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "kubeslim", *args], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "kubeslim", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr[-3000:]
+        raise SystemExit(f"kubeslim {' '.join(args)}: exit {done.returncode}\n{tail}")
 
 
 def main() -> int:
