@@ -162,6 +162,7 @@ def run(count: int, work: Path) -> dict[str, Any]:
             "applyToFirstJobSeconds": {
                 "p50": pct(delays, 0.5) if delays else None,
                 "p90": pct(delays, 0.9) if delays else None,
+                "p99": pct(delays, 0.99) if delays else None,
                 "max": round(max(delays), 3) if delays else None,
                 "mean": round(statistics.mean(delays), 3) if delays else None,
             },
