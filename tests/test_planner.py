@@ -525,17 +525,23 @@ def test_local_paths_under_the_pods_volumes_are_accepted() -> None:
     assert World(spec).step().action == Action.create_jobs
 
 
-def test_a_pod_that_cannot_start_fails_its_stage_and_frees_the_slot() -> None:
+def _blocked(reason: str, message: str, fatal: bool) -> World:
+    """A world whose prune Pod cannot start since 07:00:01."""
     world = World(spec_of())
     world.step()
     job = world.running("prune")
     world.jobs[job.name] = replace(
         job,
-        blocked='CreateContainerConfigError: secret "s3" not found',
-        blocked_reason="CreateContainerConfigError",
-        blocked_fatal=True,
+        blocked=f"{reason}: {message}",
+        blocked_reason=reason,
+        blocked_fatal=fatal,
         blocked_since="2026-11-27T07:00:01Z",
     )
+    return world
+
+
+def test_a_pod_that_cannot_start_fails_its_stage_and_frees_the_slot() -> None:
+    world = _blocked("CreateContainerConfigError", 'secret "s3" not found', fatal=True)
     result = world.step()
     assert result.action == Action.failed and not result.holds_slot
     assert tuple(map(short, result.delete)) == ("demo-prune-g1",)
@@ -544,15 +550,7 @@ def test_a_pod_that_cannot_start_fails_its_stage_and_frees_the_slot() -> None:
 
 
 def test_a_slow_start_shows_the_pods_reason_until_the_timeout() -> None:
-    world = World(spec_of())
-    world.step()
-    job = world.running("prune")
-    world.jobs[job.name] = replace(
-        job,
-        blocked="ImagePullBackOff: Back-off pulling image",
-        blocked_reason="ImagePullBackOff",
-        blocked_since="2026-11-27T07:00:01Z",
-    )
+    world = _blocked("ImagePullBackOff", "Back-off pulling image", fatal=False)
     result = world.step()  # at 07:00:02, one second later
     assert result.action == Action.wait
     assert cond(result.status, ConditionType.pruned) == ("False", "ImagePullBackOff")
