@@ -29,7 +29,8 @@ from kubernetes import client, config
 
 from tests.cluster import hoststate
 from tests.cluster.cluster import Cluster, wait_for
-from tests.cluster.node import STATE_DIR
+from tests.cluster.node import ARCHIVES, STATE_DIR, containerd_dir
+from tests.cluster.node_images import pause_archive
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node]
 
@@ -114,7 +115,7 @@ class NodeProcess:
                 "containers": [
                     {
                         "name": "main",
-                        "image": self._pause_image(api),
+                        "image": pause_archive(containerd_dir() / "pause", ARCHIVES)[0],
                         "imagePullPolicy": "Never",
                         "volumeMounts": [
                             {"name": "scratch", "mountPath": "/scratch"},
@@ -135,19 +136,23 @@ class NodeProcess:
 
         wait_for("the Pod to run", running, TIMEOUT_S)
 
-    @staticmethod
-    def _pause_image(api: client.ApiClient) -> str:
-        node = client.CoreV1Api(api).list_node().items[0]
-        return str(next(n for i in node.status.images for n in i.names if "/pause:" in n))
+    def kill(self) -> None:
+        """Whatever happened, leave no node running for the next test."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_stopped_node_leaves_the_host_as_it_was(tmp_path: Path) -> None:
     before = hoststate.snapshot(STATE_DIR)
     node = NodeProcess(tmp_path)
-    node.run_pod_with_volumes()
-    assert hoststate.snapshot(STATE_DIR) != before  # the Pod changed the host while it ran
-    node.proc.send_signal(signal.SIGTERM)
-    assert node.proc.wait(120) == 0, node.log.read_text()[-3000:]
+    try:
+        node.run_pod_with_volumes()
+        assert hoststate.snapshot(STATE_DIR) != before  # the Pod changed the host
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(120) == 0, node.log.read_text()[-3000:]
+    finally:
+        node.kill()
     assert hoststate.snapshot(STATE_DIR) == before
     assert hoststate.HostRecord.load() is None
 
@@ -155,9 +160,10 @@ def test_stopped_node_leaves_the_host_as_it_was(tmp_path: Path) -> None:
 def test_killed_node_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
     before = hoststate.snapshot(STATE_DIR)
     node = NodeProcess(tmp_path)
-    node.run_pod_with_volumes()
-    node.proc.kill()  # as when pytest is killed: no teardown at all
-    node.proc.wait()
+    try:
+        node.run_pod_with_volumes()
+    finally:
+        node.kill()  # as when pytest is killed: no teardown at all
     assert hoststate.snapshot(STATE_DIR) != before
     # What the next session's node does before it starts.
     with hoststate.host_lock(timeout=30):
@@ -341,7 +347,6 @@ def test_import_image_makes_a_docker_archive_runnable(
     """The path every image takes here: a docker-archive imported into the
     node's containerd, then run with imagePullPolicy Never. This one is the
     test image's layer plus one with a script."""
-    from tests.cluster.node import ARCHIVES
     from tests.cluster.node_images import test_base_archive, write_docker_archive
 
     with tarfile.open(test_base_archive(ARCHIVES)[1]) as tar:
