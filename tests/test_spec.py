@@ -29,7 +29,7 @@ def test_examples_are_valid() -> None:
 
 def test_defaults_fill_an_almost_empty_spec() -> None:
     spec = parse_spec({"model": {"architecture": "resnet18"}, "dataset": {"name": "digits"}})
-    assert spec.pruning.criterion.value == "geometric_median"
+    assert spec.pruning.criterion.value == "group_geometric_median"  # the default since 73fc8ab
     assert spec.pruning.target.filter_rate == 0.3
     assert spec.pruning.fine_tune.nesterov is True
     assert enabled_stages(spec) == ["prune", "convert", "quantize", "benchmark"]
