@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from kubeslim.api.manifest import parse_spec
-from kubeslim.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT
+from kubeslim.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, SpecError
 from kubeslim.progress import Reporter
 from kubeslim.stages import runner
 from kubeslim.stages.context import StageContext, StageOutput
@@ -196,3 +196,18 @@ def test_sigterm_ends_the_stage_at_once_even_as_pid_1() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_checkpoint_bytes_replaced_mid_run_are_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "stage_function", lambda name: _fake_stage)
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights v1")
+    spec = parse_spec({**SPEC, "model": {**SPEC["model"], "checkpoint": str(checkpoint)}})
+    store = open_store(str(tmp_path / "a"))
+    pruned = runner.run_stage("prune", spec, store, Reporter("none"))
+    assert pruned.checkpoint_digest is not None
+    checkpoint.write_bytes(b"weights v2")  # same URI, other bytes
+    with pytest.raises(SpecError, match="its content changed since stage prune ran"):
+        runner.run_stage("convert", spec, store, Reporter("none"))
