@@ -261,12 +261,14 @@ class Env:
         ).items
         return [(e.reason, e.message) for e in items]
 
-    def wait_state(self, name: str, state: str, generation: int = 1) -> dict[str, Any]:
+    def wait_state(
+        self, name: str, state: str, generation: int = 1, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
         def reached() -> bool:
             status = self.status(name)
             return status.get("state") == state and status.get("observedGeneration") == generation
 
-        _wait(f"{name} {state} (generation {generation})", reached, self.operator)
+        _wait(f"{name} {state} (generation {generation})", reached, self.operator, timeout)
         return self.status(name)
 
     def delete(self, name: str) -> None:
@@ -674,7 +676,8 @@ def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
             "execution": {"backoffLimit": 0},
         }
         env.create("digits", spec, {})
-        status = env.wait_state("digits", "Succeeded")
+        # Four real stages; on two cores shared with other work prune alone took 2 min.
+        status = env.wait_state("digits", "Succeeded", timeout=1200)
         metrics = status["metrics"]
         assert metrics["baseline"]["accuracy"] is not None
         assert metrics["optimized"]["accuracy"] > 0.2  # ten classes: well above chance
