@@ -78,8 +78,14 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """The session's S3 server: external if KUBESLIM_TEST_S3_ENDPOINT is set, else radosgw."""
+def s3_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3Server]:
+    """The session's S3 server: external if KUBESLIM_TEST_S3_ENDPOINT is set, else radosgw.
+
+    With the rig's real node (--node=real) radosgw listens on the node's bridge
+    address instead of loopback, so that Pods reach it too (the node starts first).
+    """
     external = os.environ.get("KUBESLIM_TEST_S3_ENDPOINT")
     if external:
         yield S3Server(
@@ -94,18 +100,30 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     ]
     if missing:
         pytest.skip(f"{', '.join(missing)} not found: apt-get install -y {CEPH_PACKAGES}")
-    cluster = RadosGateway(tmp_path_factory.mktemp("radosgw"))
+    cluster = RadosGateway(tmp_path_factory.mktemp("radosgw"), _listen_address(request))
     try:
         yield cluster.start()
     finally:
         cluster.stop()
 
 
+def _listen_address(request: pytest.FixtureRequest) -> str:
+    """Loopback, or the real node's bridge address once that node runs."""
+    config = request.config
+    if config.getoption("--node", None) != "real" or config.getoption("--kubeconfig", None):
+        return "127.0.0.1"
+    from tests.cluster.node import NODE_IP
+
+    request.getfixturevalue("k8s_cluster")  # creates the bridge that holds NODE_IP
+    return NODE_IP
+
+
 class RadosGateway:
     """A throwaway one-node Ceph cluster with a radosgw in front of it."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, address: str = "127.0.0.1") -> None:
         self.dir = scratch
+        self.address = address
         self.conf = scratch / "ceph.conf"
         self.mon_port = _free_port()
         self.rgw_port = _free_port()
@@ -124,7 +142,7 @@ class RadosGateway:
         self._run("ceph-osd", "-i", "0", "--mkfs")
         self._daemon("ceph-osd", "-i", "0")
         self._daemon("radosgw", "-n", "client.rgw")
-        endpoint = f"http://127.0.0.1:{self.rgw_port}"
+        endpoint = f"http://{self.address}:{self.rgw_port}"
         self._wait_http(endpoint)
         access, secret = "KUBESLIMTESTKEY", uuid.uuid4().hex
         self._run("radosgw-admin", "user", "create", "--uid=kubeslim", "--display-name=kubeslim",
@@ -196,7 +214,7 @@ mon max pg per osd = 1000
 # radosgw creates six pools at first start, one map change each; the monitor
 # batches changes for 1 s by default, which is most of the start-up time.
 paxos propose interval = 0.05
-rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port}
+rgw frontends = beast endpoint={self.address}:{self.rgw_port}
 """
         )
         (d / "keyring").touch()
