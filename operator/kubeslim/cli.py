@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
     op.add_argument("--max-concurrent", type=int, help="optimizations running at once")
     op.add_argument("--trainer-image", help="image of the stages that need torch (prune, convert)")
-    op.add_argument("--runtime-image", help="image of the other stages (quantize, benchmark; no torch)")
+    op.add_argument(
+        "--runtime-image", help="image of the other stages (quantize, benchmark; no torch)"
+    )
     op.add_argument("--peering", help="kopf peering name (leader election between replicas)")
     op.add_argument("--health-port", type=int, help="port of /healthz")
     op.add_argument("--verbose", action="store_true")
