@@ -100,11 +100,13 @@ def image_kind(path: Path) -> str:
 
 
 def installed_extras(path: Path) -> set[str]:
-    """The extras named in `pip install ...kubeslim...[a,b]` of the builder."""
-    text = path.read_text()
-    found = re.findall(r"kubeslim-\*\.whl\)\[([a-z0-9_,]+)\]", text)
-    assert found, f"{path.name}: no `pip install <kubeslim wheel>[extra]`"
-    return {e for group in found for e in group.split(",")}
+    """The extras whose requirements the builder installs: its `ARG EXTRAS=a,b`, which
+    images/requirements.py turns into pins from pyproject.toml."""
+    builder = parse_dockerfile(path)[1][0]
+    found = [a.partition("=")[2] for a in builder.all("ARG") if a.startswith("EXTRAS=")]
+    assert found, f"{path.name}: no `ARG EXTRAS=...` in the builder"
+    assert any("requirements.py" in r and "${EXTRAS}" in r for r in builder.all("RUN"))
+    return {e for e in found[0].strip("\"'").split(",") if e}
 
 
 def test_every_image_is_there() -> None:
@@ -151,9 +153,35 @@ def test_multi_stage_with_a_slim_final_stage(path: Path) -> None:
     assert builder.name, f"{path.name}: the first stage needs a name"
     copies = final.all("COPY")
     assert any(f"--from={builder.name}" in c for c in copies), f"{path.name}: final copies nothing"
-    # Sources and build tools stay in the builder.
+    # Sources and build tools stay in the builder; the final stage installs only the
+    # builder's kubeslim wheel, without dependencies (the venv it copied has them).
     assert not any(c.split()[-2:][0] in ("operator", ".") for c in copies if "--from" not in c)
-    assert not any("pip wheel" in r or "pip install" in r for r in final.all("RUN"))
+    installs = [r for r in final.all("RUN") if "pip wheel" in r or "pip install" in r]
+    assert all(re.search(r"pip install [^&]*--no-deps [^&]*kubeslim-\*\.whl", r) for r in installs)
+
+
+# What the builder's dependency layer may read: a change to anything else (kubeslim's
+# sources, README.md) must reuse it from podman's layer cache (tests/images/build.py).
+DEPENDENCY_INPUTS = {"pyproject.toml", "images/requirements.py"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=image_kind)
+def test_dependencies_are_cached_apart_from_the_sources(path: Path) -> None:
+    """A source change must not reinstall the dependencies (torch, for the trainer): the
+    builder installs them before it copies anything but pyproject.toml, and the final
+    stage copies the venv first and installs kubeslim's wheel with --no-deps last."""
+    _, stages = parse_dockerfile(path)
+    builder, final = stages[0], stages[-1]
+    steps = [(kw, arg) for kw, arg in builder.instructions if kw in ("COPY", "RUN")]
+    deps = max(i for i, (kw, arg) in enumerate(steps) if "-r requirements.txt" in arg)
+    for kw, arg in steps[:deps]:
+        assert kw != "COPY" or set(shlex.split(arg)[:-1]) <= DEPENDENCY_INPUTS, f"COPY {arg}"
+    assert any(kw == "COPY" and "operator" in arg for kw, arg in steps[deps:])
+    copies = final.all("COPY")
+    venv = next(i for i, c in enumerate(copies) if c.endswith("/opt/venv /opt/venv"))
+    wheels = next(i for i, c in enumerate(copies) if "/wheels" in c)
+    assert venv < wheels, f"{path.name}: the venv must be copied before kubeslim's wheel"
+    assert "--no-deps" in final.all("RUN")[-1], f"{path.name}: kubeslim is not the last RUN"
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=image_kind)
@@ -594,6 +622,93 @@ def test_a_warm_build_rebuilds_nothing(built: dict[str, Any]) -> None:
             pytest.skip(f"the {kind} image's inputs changed while the tests ran")
         again = image_build.build(kind)
         assert again.tag == image.tag and not again.built, kind
+
+
+# Where the source-change test tags its images: apart from the real ones, sharing podman's
+# layer cache with them.
+SCRATCH_REPOSITORY = "localhost/kubeslim-scratch"
+
+
+def build_steps(log: str) -> list[tuple[str, bool]]:
+    """(instruction, whether podman took it from its layer cache) for each step in the
+    output of podman build."""
+    lines = log.splitlines()
+    steps = []
+    for i, line in enumerate(lines):
+        m = re.match(r"(?:\[\d+/\d+\] )?STEP \d+/\d+: (.*)", line)
+        if m:
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            steps.append((m.group(1), following.startswith("--> Using cache")))
+    return steps
+
+
+def remove_images(repository: str) -> None:
+    from tests.images.build import PODMAN
+
+    listed = subprocess.run(
+        [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    ours = [r for r in listed if r.startswith(repository + "/")]
+    if ours:
+        subprocess.run([*PODMAN, "rmi", *ours], capture_output=True, check=False)
+
+
+@pytest.mark.images
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
+def test_a_source_change_reuses_the_dependency_layers(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    """A change to kubeslim's sources alone rebuilds only the wheel and kubeslim's last
+    layer: the dependencies' install and the final stage's copy of the venv come from
+    podman's layer cache (for the trainer, torch is not reinstalled). The operator image
+    stands for all three (same structure, test_dependencies_are_cached_apart_from_the_sources);
+    the real images and archives are left as they were."""
+    from tests.images import build as image_build
+
+    scratch = tmp_path / "repository"
+    tool = [
+        Path("tests/__init__.py"),
+        Path("tests/images/__init__.py"),
+        Path("tests/images/build.py"),
+    ]
+    for rel in [*image_build._context_files(), *tool, Path("images/operator.Dockerfile")]:
+        (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, scratch / rel)
+    cli = scratch / "operator" / "kubeslim" / "cli.py"
+    cli.write_text(cli.read_text() + "\n# A source change (the test's scratch copy only).\n")
+    env = {
+        **os.environ,
+        "KUBESLIM_IMAGE_REPOSITORY": SCRATCH_REPOSITORY,
+        "KUBESLIM_IMAGE_CACHE": str(tmp_path / "archives"),
+    }
+    remove_images(SCRATCH_REPOSITORY)  # an interrupted run's
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.images.build", "operator"],
+            cwd=scratch,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    finally:
+        remove_images(SCRATCH_REPOSITORY)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") :])["operator"]
+    assert result["built"]
+    steps = build_steps(proc.stdout)
+    dependencies = [cached for step, cached in steps if "-r requirements.txt" in step]
+    venv = [cached for step, cached in steps if step == "COPY --from=builder /opt/venv /opt/venv"]
+    kubeslim = [cached for step, cached in steps if "--no-deps" in step and "kubeslim-" in step]
+    assert dependencies and all(dependencies), "the dependencies were installed again"
+    assert venv and all(venv), "the final stage copied the venv again"
+    assert kubeslim and not any(kubeslim), "kubeslim's layer came from the cache"
+    assert image_build.image_id(built["operator"].tag) and built["operator"].archive.exists()
 
 
 @pytest.mark.images

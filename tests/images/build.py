@@ -9,6 +9,13 @@ context, the Dockerfile, the build args and the base image: a warm run finds eve
 and rebuilds nothing. Each image is also saved as a docker-archive tarball that a
 Kubernetes node imports with `ctr -n k8s.io images import ARCHIVE`.
 
+A changed input rebuilds with podman's layer cache: the Dockerfiles install the
+dependencies in a layer keyed by pyproject.toml alone and kubeslim in a small last layer,
+so a source change reuses the dependencies (torch and CUDA for the trainer). The builder
+stage is tagged (localhost/kubeslim/builder:KIND-DIGEST) so that pruning dangling images
+keeps its layers, and an image's previous build is removed only after the new one is
+tagged, so the final stage's layers it shares stay cached.
+
     python -m tests.images.build [operator runtime trainer trainer-cu12]   # prints JSON
 """
 
@@ -31,7 +38,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KUBESLIM_IMAGE_CACHE", Path.home() / ".cache/kubeslim/images"))
-REPOSITORY = "localhost/kubeslim"
+# One lock for every builder on the machine, wherever its archives go: they share podman.
+LOCK = Path.home() / ".cache/kubeslim/images/build.lock"
+# The images' and builder stages' repository (a test builds a changed copy under another
+# one, sharing podman's layer cache); the base image keeps its own.
+REPOSITORY = os.environ.get("KUBESLIM_IMAGE_REPOSITORY", "localhost/kubeslim")
+BASE_REPOSITORY = "localhost/kubeslim"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # podman's default rlimits are above the hard limits that root may set on these VMs.
 # crun refuses this kernel's hybrid cgroup layout ("cgroups in hybrid mode not supported").
@@ -69,6 +81,10 @@ DIGEST_CHARS = 16  # of the inputs' sha256 in a tag: localhost/kubeslim/NAME:DIG
 # Free space a cold build needs, from the peaks measured here (docs/images.md): podman's
 # storage holds the builder's venv, the final stage's copy and the committed layer.
 BUILD_DISK_GB = {"operator": 3, "runtime": 8, "trainer": 35}
+# ... and a build whose dependencies are cached (only kubeslim's layer and the archive).
+REBUILD_DISK_GB = {"operator": 1, "runtime": 2, "trainer": 7}
+# What the dependency layer reads, besides the Dockerfile, its build args and the base.
+DEPENDENCY_FILES = (Path("pyproject.toml"), Path("images/requirements.py"))
 
 
 class BuildError(RuntimeError):
@@ -124,8 +140,8 @@ def build_lock() -> Iterator[None]:
     if _lock_depth:
         yield
         return
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / "build.lock").open("w") as fh:
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         _lock_depth += 1
         try:
@@ -142,7 +158,7 @@ def base_image() -> str:
 
 def _base_image() -> str:
     key = hashlib.sha256(f"{BASE_SUITE} {sorted(BASE_PACKAGES)}".encode()).hexdigest()[:12]
-    tag = f"{REPOSITORY}/debian-base:{BASE_SUITE}-{key}"
+    tag = f"{BASE_REPOSITORY}/debian-base:{BASE_SUITE}-{key}"
     if image_id(tag):
         return tag
     tarball = CACHE / f"debian-base-{BASE_SUITE}-{key}.tar"
@@ -167,7 +183,7 @@ def _base_image() -> str:
 
 def _context_files() -> list[Path]:
     """The files the Dockerfiles copy, relative to the repository root."""
-    files = [Path("pyproject.toml"), Path("README.md")]
+    files = [*DEPENDENCY_FILES, Path("README.md")]
     for path in sorted((ROOT / "operator").rglob("*")):
         rel = path.relative_to(ROOT)
         if path.is_file() and not _ignored(rel):
@@ -198,6 +214,18 @@ def inputs_digest(kind: str, base: str) -> str:
     return h.hexdigest()
 
 
+def builder_ref(kind: str, base: str) -> str:
+    """The tag of the builder stage for the current dependency inputs: while it exists,
+    the dependency layer is in podman's cache (any Dockerfile change counts as a miss)."""
+    flavour = FLAVOURS[kind]
+    h = hashlib.sha256()
+    h.update((ROOT / "images" / f"{flavour.dockerfile}.Dockerfile").read_bytes())
+    h.update(json.dumps([base, image_id(base), flavour.build_args]).encode())
+    for rel in DEPENDENCY_FILES:
+        h.update((ROOT / rel).read_bytes())
+    return f"{REPOSITORY}/builder:{kind}-{h.hexdigest()[:DIGEST_CHARS]}"
+
+
 def image_ref(kind: str) -> str:
     """The tag the image of `kind` has for the current inputs (builds the base if needed)."""
     digest = inputs_digest(kind, base_image())[:DIGEST_CHARS]
@@ -225,13 +253,17 @@ def _build(kind: str) -> BuiltImage:
     started = time.monotonic()
     built = False
     if not image_id(ref):
-        drop_stale(ref)
+        drop_stale_archives(ref)
         if archive.exists():
             run([*PODMAN, "load", "-i", str(archive)], stdout=subprocess.DEVNULL)
         else:
-            check_disk(kind)
-            _podman_build(flavour, base, ref)
+            builder = builder_ref(kind, base)
+            check_disk(kind, cached=image_id(builder) is not None)
+            _podman_build(flavour, base, ref, builder)
             built = True
+        # Only now: until the new image is tagged, the old one keeps the layers it shares.
+        drop_stale_images(ref)
+        drop_stale_builders(kind, builder_ref(kind, base))
     if not archive.exists():
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
@@ -248,31 +280,58 @@ def _build(kind: str) -> BuiltImage:
     )
 
 
-def drop_stale(ref: str) -> None:
-    """Remove earlier builds of the same image and flavour (other input hashes), from
-    podman and from the archive cache: each trainer build is 6.7 GB in both."""
-    repo, _, tag = ref.rpartition(":")
-    name, suffix = repo.rsplit("/", 1)[1], tag[DIGEST_CHARS:]
+def _tags(repo: str) -> list[str]:
     listed = run(
         [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}", repo], capture_output=True
     )
-    stale = [
-        r
-        for r in listed.stdout.split()
-        if r != ref and r.rpartition(":")[2][DIGEST_CHARS:] == suffix
-    ]
-    if stale:  # an image a running container uses stays; the next build retries
-        subprocess.run([*PODMAN, "rmi", *stale], capture_output=True)
+    return listed.stdout.split()
+
+
+def _remove(refs: list[str]) -> None:
+    if refs:  # an image a running container uses stays; the next build retries
+        subprocess.run([*PODMAN, "rmi", *refs], capture_output=True)
+
+
+def drop_stale_images(ref: str) -> None:
+    """Remove earlier builds of the same image and flavour (other input hashes) from
+    podman: each trainer build is 5.7 GB. podman removes their untagged parent layers
+    too, except those the new build shares (the base, the dependencies' copy)."""
+    repo, _, tag = ref.rpartition(":")
+    suffix = tag[DIGEST_CHARS:]
+    _remove([r for r in _tags(repo) if r != ref and r.rpartition(":")[2][DIGEST_CHARS:] == suffix])
+
+
+def drop_stale_builders(kind: str, current: str) -> None:
+    """Remove the builder stages of `kind` for earlier dependency inputs: the trainer's
+    holds its 5.7 GB venv, and it is of no use once pyproject.toml or the Dockerfile moved."""
+    repo, _, tag = current.rpartition(":")
+    prefix = tag[: -DIGEST_CHARS - 1]
+    _remove(
+        [
+            r
+            for r in _tags(repo)
+            if r != current and r.rpartition(":")[2][: -DIGEST_CHARS - 1] == prefix
+        ]
+    )
+
+
+def drop_stale_archives(ref: str) -> None:
+    """Remove the archives of earlier builds of the same image and flavour (5.7 GB for
+    the trainer): before a build, as no build reads them."""
+    repo, _, tag = ref.rpartition(":")
+    name, suffix = repo.rsplit("/", 1)[1], tag[DIGEST_CHARS:]
     for path in CACHE.glob(f"{name}-*.tar"):
         other = path.stem[len(name) + 1 :]
         if other != tag and other[DIGEST_CHARS:] == suffix and len(other) >= DIGEST_CHARS:
             path.unlink()
 
 
-def check_disk(kind: str) -> None:
+def check_disk(kind: str, cached: bool) -> None:
     """Fail in one line before a build that would fill the disk (the trainer's venv exists
-    up to four times at the peak of its build, then once more as the archive)."""
-    need = BUILD_DISK_GB[FLAVOURS[kind].dockerfile] * 10**9
+    up to four times at the peak of a cold build, then once more as the archive; with
+    its dependencies `cached`, a build adds kubeslim's layer and the archive)."""
+    needs = REBUILD_DISK_GB if cached else BUILD_DISK_GB
+    need = needs[FLAVOURS[kind].dockerfile] * 10**9
     store = run([*PODMAN, "info", "--format", "{{.Store.GraphRoot}}"], capture_output=True)
     for path in (Path(store.stdout.strip()), CACHE):
         path.mkdir(parents=True, exist_ok=True)
@@ -298,7 +357,9 @@ def remove_leftovers() -> None:
         subprocess.run(["buildah", "rm", *ours], capture_output=True)
 
 
-def _podman_build(flavour: Flavour, base: str, ref: str) -> None:
+def _podman_build(flavour: Flavour, base: str, ref: str, builder: str) -> None:
+    """Build the builder stage and tag it (so that its layers are not dangling and stay
+    cached), then the image, which finds the builder's layers in the cache."""
     remove_leftovers()
     args = [f"{flavour.base_arg}={base}", *(f"{k}={v}" for k, v in flavour.build_args)]
     with tempfile.TemporaryDirectory(prefix="kubeslim-image-") as tmp:
@@ -310,19 +371,19 @@ def _podman_build(flavour: Flavour, base: str, ref: str) -> None:
             # replaces the image's, and pip trusts the system store (the builder's PIP_CERT).
             "--network", "host",
             "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
-            "--layers=false", "--force-rm",
+            "--layers=true", "--force-rm",
             "-f", str(ROOT / "images" / f"{flavour.dockerfile}.Dockerfile"),
-            "-t", ref,
         ]  # fmt: skip
         for arg in args:
             cmd += ["--build-arg", arg]
-        try:
-            run([*cmd, str(context)])
-        except subprocess.CalledProcessError as err:
-            raise BuildError(
-                f"podman build of {ref} failed with exit code {err.returncode}"
-            ) from None
-    # Builder stages leave untagged images behind; they hold gigabytes for the trainer.
+        for tags in (["--target", "builder", "-t", builder], ["-t", ref]):
+            try:
+                run([*cmd, *tags, str(context)])
+            except subprocess.CalledProcessError as err:
+                raise BuildError(
+                    f"podman build of {tags[-1]} failed with exit code {err.returncode}"
+                ) from None
+    # The layers of earlier builder stages, untagged now: gigabytes for the trainer.
     subprocess.run([*PODMAN, "image", "prune", "-f"], capture_output=True)
 
 
