@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from kubeslim.api.spec import SearchSpec
 from kubeslim.executors.search import workers
 
 TARGETS = [0.2, 0.4, 0.6, 0.8]
+MOUNT = "/kubeslim-artifacts"  # where the stage Pods see the artifacts claim (--cluster)
 
 
 def spec(ckpt: Path, artifacts: Path, parallelism: int) -> dict[str, Any]:
@@ -115,10 +117,11 @@ def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str,
     from tests.cluster.rig import Rig, binaries_dir
 
     root = Path(__file__).resolve().parent.parent
-    rig = Rig(binaries_dir(), work / "rig")
+    fresh = Path(tempfile.mkdtemp(prefix="rig-", dir=work))  # a new etcd every run
+    rig = Rig(binaries_dir(), fresh)
     rig.start()
     try:
-        cluster = Cluster(rig.kubeconfig, work / "rig", rig)
+        cluster = Cluster(rig.kubeconfig, fresh, rig)
         cluster.apply(root / "crds" / "modeloptimizations.kubeslim.dev.yaml")
         cluster.wait_crd_established("modeloptimizations.kubeslim.dev")
         cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
@@ -136,9 +139,12 @@ def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str,
         operator.wait_for_output("watching bench", timeout=60)
         rows = []
         for p in parallelism:
-            # A local artifacts path reaches the stage Pods only through a volume.
-            shutil.rmtree(cluster.pvc_dir("bench", "artifacts") / f"p{p}", ignore_errors=True)
-            body = spec(ckpt, Path(f"/kubeslim-artifacts/p{p}"), p)
+            # Local paths reach the stage Pods only through the artifacts volume, mounted
+            # at artifacts.uri: the checkpoint goes there too.
+            claim = cluster.pvc_dir("bench", "artifacts")
+            shutil.rmtree(claim / "bench" / f"search-p{p}", ignore_errors=True)
+            shutil.copyfile(ckpt, claim / "baseline.pt")
+            body = spec(Path(f"{MOUNT}/baseline.pt"), Path(MOUNT), p)
             body["spec"]["artifacts"]["volume"] = {"claimName": "artifacts"}
             body["metadata"] = {"name": f"search-p{p}", "namespace": "bench"}
             body["spec"]["execution"] = {"backoffLimit": 0}
