@@ -64,9 +64,12 @@ test: $(STAMP) system-deps cluster-tools images
 images: $(STAMP) system-deps
 	$(PY) -m tests.images.build
 
-# The real node's own tests and the rig's tests on it (root; docs/testing-cluster.md).
+# The real node's own tests, the rig's tests on it and the end-to-end tests through the
+# chart with the project's images (root; docs/testing-cluster.md). NODE_IMAGES= skips the
+# image builds and the tests that need them.
+NODE_IMAGES ?= all
 test-real-node: $(STAMP) system-deps cluster-tools
-	$(PY) -m pytest --node=real tests/test_real_node.py tests/test_rig.py $(PYTEST_ARGS)
+	$(PY) -m pytest --node=real --node-images=$(NODE_IMAGES) tests/test_real_node.py tests/test_rig.py tests/test_e2e_node.py $(PYTEST_ARGS)
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)
