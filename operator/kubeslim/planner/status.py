@@ -22,7 +22,7 @@ from kubeslim.api.status import (
     State,
 )
 from kubeslim.planner.model import Event
-from kubeslim.store.base import resolve
+from kubeslim.store.refs import resolve
 
 CONDITION_ORDER: tuple[str, ...] = (
     ConditionType.ready,

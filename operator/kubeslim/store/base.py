@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeslim.errors import MissingArtifact, StoreError
+from kubeslim.store.refs import is_absolute
 
 
 class ArtifactStore(ABC):
@@ -71,17 +72,6 @@ class ArtifactStore(ABC):
                 self.upload(path, f"{prefix}/{rel}")
                 uris[rel] = self.uri(f"{prefix}/{rel}")
         return uris
-
-
-def is_absolute(ref: str) -> bool:
-    """A full URI or an absolute path, as results of older versions recorded."""
-    return "://" in ref or ref.startswith("/")
-
-
-def resolve(root: str, ref: str) -> str:
-    """A result's reference (a key relative to the artifacts root) as a full URI
-    below the reader's root; full URIs of older results stay as they are."""
-    return ref if is_absolute(ref) else f"{root.rstrip('/')}/{ref.lstrip('/')}"
 
 
 def key_of(store: ArtifactStore, ref: str) -> str:
