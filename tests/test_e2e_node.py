@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kubeslim.constants import API_VERSION, GROUP, KIND, LABEL_NAME, LABEL_STAGE, PLURAL, VERSION
 from tests.cluster.cluster import Cluster, wait_for
 from tests.s3.plugin import S3Server
 from tests.tools.chart import CHART, helm
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.s3]
 
-GROUP, VERSION, PLURAL = "kubeslim.dev", "v1alpha1", "modeloptimizations"
 RELEASE = "kubeslim"
 # Four real stages on two shared cores: prune (one short epoch) is most of it.
 RUN_TIMEOUT_S = 900.0
@@ -75,8 +75,8 @@ class Install:
 
     def create(self, name: str, spec: dict[str, Any]) -> None:
         body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ModelOptimization",
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "metadata": {"name": name},
             "spec": {
                 **spec,
@@ -87,6 +87,18 @@ class Install:
             },
         }
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def start_pruning(self, name: str, epochs: int) -> None:
+        """Create a run with `epochs` of fine-tuning and wait for its prune Pod to run."""
+        self.create(name, {**SPEC, "pruning": {**SPEC["pruning"], "fineTune": {"epochs": epochs}}})
+        wait_for(
+            f"the prune Pod of {name} to run",
+            lambda: any(p.status.phase == "Running" for p in self.pods(name)),
+            OPERATOR_TIMEOUT_S,
+        )
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
 
     def status(self, name: str) -> dict[str, Any]:
         obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
@@ -105,7 +117,7 @@ class Install:
         return self.status(name)
 
     def labelled(self, name: str) -> str:
-        return f"kubeslim.dev/modeloptimization={name}"
+        return f"{LABEL_NAME}={name}"
 
     def jobs(self, name: str) -> list[Any]:
         return list(
@@ -241,17 +253,27 @@ def test_bad_input_fails_the_stage_job_at_once_naming_the_field(install: Install
 
 
 def test_deleting_mid_run_removes_its_jobs_and_pods(install: Install) -> None:
-    install.create("gone", {**SPEC, "pruning": {**SPEC["pruning"], "fineTune": {"epochs": 20}}})
-    wait_for(
-        "the prune Pod to run",
-        lambda: any(p.status.phase == "Running" for p in install.pods("gone")),
-        OPERATOR_TIMEOUT_S,
-    )
-    install.custom.delete_namespaced_custom_object(
-        GROUP, VERSION, install.namespace, PLURAL, "gone"
-    )
+    install.start_pruning("gone", epochs=20)
+    install.delete("gone")
     wait_for(
         "its Jobs and Pods to go",
         lambda: not install.jobs("gone") and not install.pods("gone"),
         OPERATOR_TIMEOUT_S,
     )
+
+
+def test_killing_the_operator_mid_run_resumes_without_a_duplicate_job(install: Install) -> None:
+    install.start_pruning("failover", epochs=4)
+    operators = "app.kubernetes.io/name=kubeslim"
+    (old,) = install.core.list_namespaced_pod(install.namespace, label_selector=operators).items
+    install.core.delete_namespaced_pod(old.metadata.name, install.namespace, grace_period_seconds=0)
+
+    def stage_jobs(stage: str) -> list[Any]:
+        return [j for j in install.jobs("failover") if j.metadata.labels[LABEL_STAGE] == stage]
+
+    # The new operator Pod takes the run over: once prune is done it starts convert.
+    wait_for("the convert Job", lambda: stage_jobs("convert"), RUN_TIMEOUT_S, interval=2.0)
+    (new,) = install.core.list_namespaced_pod(install.namespace, label_selector=operators).items
+    assert new.metadata.name != old.metadata.name
+    assert len(stage_jobs("prune")) == 1
+    install.delete("failover")
