@@ -95,11 +95,12 @@ def test_run_writes_results_and_outputs_to_s3(
     for stage in ("convert", "quantize"):
         result = store.read_json(f"{stage}/result.json")
         assert result["stage"] == stage
-        assert result["result_uri"] == f"{uri}/{stage}/result.json"
+        # references are keys relative to the artifacts root (readable from any endpoint)
+        assert result["result_uri"] == f"{stage}/result.json"
         assert result["outputs"]
-        for out in result["outputs"].values():
-            assert out.startswith(f"{uri}/{stage}/")
-            key = out.removeprefix(f"{uri}/")
+        for key in result["outputs"].values():
+            assert key.startswith(f"{stage}/") and "://" not in key
+            out = f"{uri}/{key}"
             assert store.exists(key), out
             if key.endswith(".xml"):
                 assert store.exists(key.removesuffix(".xml") + ".bin"), out
