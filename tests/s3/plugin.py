@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,11 +100,34 @@ def s3_server(
     ]
     if missing:
         pytest.skip(f"{', '.join(missing)} not found: apt-get install -y {CEPH_PACKAGES}")
-    cluster = RadosGateway(tmp_path_factory.mktemp("radosgw"), _listen_address(request))
+    address = _listen_address(request)
+    cluster, server = _start_with_retry(
+        lambda: RadosGateway(tmp_path_factory.mktemp("radosgw"), address)
+    )
     try:
-        yield cluster.start()
+        yield server
     finally:
         cluster.stop()
+
+
+def _start_with_retry(
+    new: Callable[[], RadosGateway], attempts: int = 3
+) -> tuple[RadosGateway, S3Server]:
+    """Start a gateway, trying afresh (new directory, new ports) when a start fails.
+
+    A start can fail for reasons outside the test: another process takes a port
+    between _free_port() and the daemon's bind, or a loaded machine keeps the
+    monitor from answering in time. Each failure keeps its logs in the message.
+    """
+    errors: list[str] = []
+    for _ in range(attempts):
+        cluster = new()
+        try:
+            return cluster, cluster.start()
+        except RuntimeError as exc:
+            cluster.stop()
+            errors.append(str(exc))
+    raise RuntimeError(f"radosgw did not start in {attempts} attempts: " + " || ".join(errors))
 
 
 def _listen_address(request: pytest.FixtureRequest) -> str:
@@ -211,6 +234,10 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon max pg per osd = 1000
+# The monitor shuts itself down below 5% free disk by default; a CI machine
+# full of images is often there, and the test's data lives in memory anyway.
+mon data avail crit = 0
+mon data avail warn = 0
 # radosgw creates six pools at first start, one map change each; the monitor
 # batches changes for 1 s by default, which is most of the start-up time.
 paxos propose interval = 0.05
@@ -224,7 +251,8 @@ rgw frontends = beast endpoint={self.address}:{self.rgw_port}
         done = subprocess.run(full, capture_output=True, text=True, timeout=90, check=False)
         if done.returncode != 0:
             raise RuntimeError(
-                f"{' '.join(full)} exited {done.returncode}: {done.stderr.strip()[-2000:]}"
+                f"{' '.join(full)} exited {done.returncode}: {done.stderr.strip()[-1000:]}"
+                f" | logs: {self._tail()}"
             )
 
     def _daemon(self, binary: str, *args: str) -> None:
