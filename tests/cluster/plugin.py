@@ -137,13 +137,16 @@ def project_images(request: pytest.FixtureRequest) -> dict[str, str]:
         pytest.skip("needs the project's images: run with --node=real --node-images=KINDS")
     if request.config.getoption("--node") != "real" or request.config.getoption("--kubeconfig"):
         pytest.skip("--node-images imports into the rig's real node: add --node=real")
-    from tests.images.build import DEFAULT_KINDS, images
+    from tests.images.build import DEFAULT_KINDS, build_lock, images
 
     cluster: Cluster = request.getfixturevalue("k8s_cluster")
     assert cluster.node is not None
     kinds = DEFAULT_KINDS if option == "all" else tuple(option.split(","))
     tags = {}
-    for kind, built in images(kinds).items():
-        cluster.node.images.import_archive(Path(built.archive), built.tag)
-        tags[kind] = built.tag
+    # Held through the imports too: another session's build would otherwise replace
+    # (and delete) an archive while this node reads it.
+    with build_lock():
+        for kind, built in images(kinds).items():
+            cluster.node.images.import_archive(Path(built.archive), built.tag)
+            tags[kind] = built.tag
     return tags
