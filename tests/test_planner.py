@@ -321,13 +321,19 @@ def test_failure_sticks_when_the_failed_job_is_gone() -> None:
     assert result.action == Action.failed and not result.create
 
 
-def test_new_generation_retries_a_failed_stage() -> None:
+def _prune_oom_then_more_memory() -> World:
+    """A resource whose prune failed OOMKilled, then edited (generation 2) to get more memory."""
     world = World(spec_of())
     world.step()
     world.fail("prune", "OOMKilled")
     world.step()
     world.spec = spec_of(execution={"pruneResources": {"limits": {"memory": "8Gi"}}})
     world.generation = 2
+    return world
+
+
+def test_new_generation_retries_a_failed_stage() -> None:
+    world = _prune_oom_then_more_memory()
     result = world.step()
     assert [short(r.name) for r in result.create] == ["demo-prune-g2"]
     assert result.status.state == State.running
@@ -572,12 +578,7 @@ def test_a_slow_start_shows_the_pods_reason_until_the_timeout() -> None:
 
 
 def test_status_jobs_keep_only_the_current_run() -> None:
-    world = World(spec_of())
-    world.step()
-    world.fail("prune", "OOMKilled")
-    world.step()
-    world.spec = spec_of(execution={"pruneResources": {"limits": {"memory": "8Gi"}}})
-    world.generation = 2
+    world = _prune_oom_then_more_memory()
     world.step()
     world.finish("prune")
     world.step()  # records prune's result
