@@ -339,6 +339,46 @@ class FineTune(ApiModel):
         ge=1,
         description="maxStepsPerEpoch caps the batches of one epoch; empty uses all.",
     )
+    checkpoint_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="checkpointEverySteps writes a resumable checkpoint (model, optimizer, "
+        "masks, schedule position, RNG states) to the artifact store every this many "
+        "optimizer steps; empty writes one at the end of every epoch. A restarted stage "
+        "resumes from it.",
+    )
+
+
+class DistributedBackend(StrEnum):
+    """The torch.distributed backend; auto is nccl on CUDA, gloo otherwise."""
+
+    auto = "auto"
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class DistributedSpec(ApiModel):
+    """Data-parallel fine-tuning: DistributedDataParallel launched by torchrun."""
+
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="workers is the number of Pods on a cluster (processes locally); the "
+        "learning rate scales linearly with the global batch (fineTune.batchSize per process).",
+    )
+    gpus_per_worker: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="gpusPerWorker is the processes (one per GPU) per worker when pruning.gpu "
+        "is true; on the CPU each worker is one process.",
+    )
+    backend: DistributedBackend = Field(
+        default=DistributedBackend.auto,
+        description="backend of torch.distributed: auto is nccl on CUDA, gloo otherwise.",
+    )
 
 
 class PruningSpec(ApiModel):
@@ -386,6 +426,10 @@ class PruningSpec(ApiModel):
     gpu: bool = Field(
         default=False,
         description="gpu asks the cluster for one nvidia.com/gpu for the prune Job.",
+    )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec,
+        description="distributed fine-tuning across workers (DDP through torchrun).",
     )
 
 
