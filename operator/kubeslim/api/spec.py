@@ -23,6 +23,16 @@ Uri = Annotated[
     ),
 ]
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+BYTE_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+CacheBudget = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+    Field(
+        max_length=32,
+        pattern=BYTE_QUANTITY,
+        description="A size in bytes as a Kubernetes quantity: 2Gi, 500M or 1000000.",
+    ),
+]
 
 
 class Architecture(StrEnum):
@@ -158,6 +168,20 @@ class BuiltinDataset(StrEnum):
     digits = "digits"
 
 
+class Augmentation(StrEnum):
+    """Training-time augmentation (kubeslim.data.augment has the rule).
+
+    auto: none for one-channel images (digits), random-resized crop and flip for colour
+    images of 64 px or more (or resize >= 64, ImageNet style), pad-and-crop and flip for
+    smaller colour images (CIFAR style); crop-flip: the crop and flip for the image size
+    even for one channel; none: off.
+    """
+
+    auto = "auto"
+    none = "none"
+    crop_flip = "crop-flip"
+
+
 class DatasetSpec(ApiModel):
     """The data used to fine-tune, calibrate and measure accuracy."""
 
@@ -223,11 +247,39 @@ class DatasetSpec(ApiModel):
         description="calibrationSize is how many training images calibrate quantization.",
     )
     seed: int = Field(default=0, ge=0, description="seed for the splits and subsets.")
+    test_uri: Uri | None = Field(
+        default=None,
+        description="testUri is the test split of a sharded (WebDataset) uri: its shards, as a "
+        "brace pattern, one .tar or a folder of .tar files. Empty: validationFraction of the "
+        "samples of uri is held out. Only for sharded datasets.",
+    )
+    loader_workers: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="loaderWorkers is the number of data-loader processes per training worker "
+        "that read, decode and augment images while the model trains (0: in the training "
+        "process). Built-in in-memory datasets without augmentation always load in-process.",
+    )
+    augmentation: Augmentation = Field(
+        default=Augmentation.auto,
+        description="augmentation of fine-tuning images: auto, none or crop-flip (auto: none "
+        "for one-channel images, random-resized crop + flip for images of 64 px or more or "
+        "resize >= 64, 1/8-side pad-and-crop + flip for smaller colour images).",
+    )
+    cache_budget: CacheBudget | None = Field(
+        default=None,
+        description="cacheBudget bounds the local disk an s3:// dataset may use ('2Gi'): "
+        "images and shards are fetched on demand and the least recently used are evicted "
+        "beyond it. Empty: 1Gi.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
         if (self.name is None) == (self.uri is None):
             raise ValueError("exactly one of name and uri must be set")
+        if self.test_uri is not None and self.uri is None:
+            raise ValueError("testUri needs uri (the training shards)")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from kubeslim.api.spec import DatasetSpec, ModelSpec
 from kubeslim.data.arrays import ImageArrays, ImageSource, load_array_splits, per_channel
+from kubeslim.data.augment import Augment, choose, sample_generator
+from kubeslim.data.sampler import ShareSampler
 from kubeslim.data.splits import Splits
 
 
@@ -98,12 +100,65 @@ def as_dataset(source: ImageSource) -> Dataset[tuple[torch.Tensor, int]]:
     return SourceDataset(source)
 
 
+class Augmented(Dataset[tuple[torch.Tensor, int]]):
+    """A dataset read by (index, epoch) keys, each image augmented with its own seeded
+    generator: the same images in any loader process (see kubeslim.data.sampler)."""
+
+    def __init__(self, ds: Dataset[tuple[torch.Tensor, int]], augment: Augment, seed: int) -> None:
+        self.ds = ds
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key
+        image, label = self.ds[index]
+        return self.augment(image, sample_generator(self.seed, epoch, index)), label
+
+
+def train_augment(spec: DatasetSpec, ds: Dataset[tuple[torch.Tensor, int]]) -> Augment | None:
+    """spec.dataset.augmentation for this training split (the rule in kubeslim.data.augment)."""
+    image, _ = ds[0]
+    return choose(spec.augmentation, tuple(image.shape), spec.resize)
+
+
 def loader(
     ds: Dataset[tuple[torch.Tensor, int]],
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    augment: Augment | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
-    """A DataLoader of uint8 batches (preprocess them with Preprocess)."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+    """A DataLoader of uint8 batches (preprocess them with Preprocess): rank's share of ds
+    (kubeslim.data.sampler; `.sampler.set_epoch(e)` picks an epoch's order), read and
+    augmented by `workers` processes."""
+    sampler = ShareSampler(
+        len(ds),  # type: ignore[arg-type]
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+        seed=seed,
+        keyed=augment is not None,
+    )
+    if augment is not None:
+        ds = Augmented(ds, augment, seed)
+    elif isinstance(ds, ImageTensorDataset):
+        # Tensors already in memory: a worker would only add copies between processes.
+        workers = 0
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        # Pinned pages only help copies to a GPU.
+        pin_memory=workers > 0 and torch.cuda.is_available(),
+        # Enough decoded batches in flight to hide a slow read (one S3 GET per image).
+        prefetch_factor=4 if workers > 0 else None,
+    )
