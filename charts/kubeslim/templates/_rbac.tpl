@@ -23,6 +23,11 @@ per rule. kopf's namespace and CRD scanning is off, so nothing cluster-wide is r
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "delete"]
+# The rendezvous Service of a multi-worker prune Job, created before it; get tells ours
+# from a deleted namesake's on a 409; delete goes with a stale Job and that namesake's.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "get", "delete"]
 # A stage Job's Pods, by the batch.kubernetes.io/job-name label, for the termination message.
 - apiGroups: [""]
   resources: ["pods"]

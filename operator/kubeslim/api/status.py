@@ -138,6 +138,13 @@ class JobSummary(ApiModel):
 
     name: str = Field(max_length=63, description="name of the Job.")
     stage: str = Field(max_length=32, description="stage it runs.")
+    workers: int | None = Field(
+        default=None,
+        ge=2,
+        le=256,
+        description="workers: the worker Pods of an Indexed Job (a multi-worker prune); "
+        "empty for a one-Pod Job.",
+    )
     active: int = Field(default=0, ge=0, description="active Pods.")
     succeeded: int = Field(default=0, ge=0, description="succeeded Pods.")
     failed: int = Field(default=0, ge=0, description="failed Pods.")

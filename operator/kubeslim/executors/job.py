@@ -26,6 +26,7 @@ from kubeslim.constants import (
     MANAGED_BY,
 )
 from kubeslim.errors import EXIT_BAD_INPUT
+from kubeslim.executors import distributed
 from kubeslim.planner.model import JobRequest, artifacts_root
 from kubeslim.planner.search import candidate_args
 
@@ -108,15 +109,42 @@ def pod_failure_policy() -> dict[str, Any]:
     }
 
 
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    """Adoption by the resource: deleting it deletes the object (and a Job's Pods)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_service(
+    spec: ModelOptimizationSpec, request: JobRequest, owner: Owner
+) -> dict[str, Any] | None:
+    """The rendezvous Service a multi-Pod stage Job needs before it starts, else None."""
+    if not distributed.is_multi_pod(spec, request.stage):
+        return None
+    return distributed.rendezvous_service(
+        request.name, owner.namespace, job_labels(owner, request), owner_reference(owner)
+    )
+
+
 def build_job(
     spec: ModelOptimizationSpec, request: JobRequest, owner: Owner, config: OperatorConfig
 ) -> dict[str, Any]:
-    """The Job for one stage (shard) of one resource."""
+    """The Job for one stage (shard) of one resource; an Indexed Job of
+    pruning.distributed.workers Pods for a multi-worker prune."""
     execution = spec.execution
     labels = job_labels(owner, request)
     annotations = {ANNOTATION_FINGERPRINT: request.fingerprint}
     if request.shard:
         annotations[ANNOTATION_SHARD] = request.shard
+    multi_pod = distributed.is_multi_pod(spec, request.stage)
+    if multi_pod:
+        annotations[distributed.ANNOTATION_WORKERS] = str(distributed.workers(spec, request.stage))
     job_spec: dict[str, Any] = {
         "backoffLimit": execution.backoff_limit,
         "activeDeadlineSeconds": execution.active_deadline_seconds,
@@ -131,6 +159,9 @@ def build_job(
             "spec": pod_spec(spec, request, owner, config),
         },
     }
+    if multi_pod:
+        del job_spec["backoffLimit"]  # counted per index instead
+        job_spec.update(distributed.indexed_fields(spec))
     if execution.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = execution.ttl_seconds_after_finished
     return {
@@ -141,16 +172,7 @@ def build_job(
             "namespace": owner.namespace,
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "name": owner.name,
-                    "uid": owner.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(owner)],
         },
         "spec": job_spec,
     }
@@ -187,8 +209,7 @@ def pod_spec(
         "name": CONTAINER,
         "image": stage_image(spec, request.stage, config),
         "imagePullPolicy": config.image_pull_policy,
-        "command": stage_command(spec, request.stage, owner, config)
-        + candidate_args(spec, request.stage, request.shard),
+        "command": container_command(spec, request, owner, config),
         "env": _env(config, gpu=_wants_gpu(spec, request.stage)),
         "resources": _resources(spec, request.stage),
         "volumeMounts": mounts,
@@ -233,10 +254,25 @@ def pod_spec(
         pod["affinity"] = dict(execution.affinity)
     if execution.priority_class_name:
         pod["priorityClassName"] = execution.priority_class_name
+    if distributed.is_multi_pod(spec, request.stage):
+        # The rendezvous address comes from the Service's variables (see distributed.py).
+        pod["enableServiceLinks"] = True
     secrets = list(dict.fromkeys([*config.image_pull_secrets, *execution.image_pull_secrets]))
     if secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in secrets]
     return pod
+
+
+def container_command(
+    spec: ModelOptimizationSpec, request: JobRequest, owner: Owner, config: OperatorConfig
+) -> list[str]:
+    """The stage's command line, inside torchrun when it runs as several processes."""
+    command = stage_command(spec, request.stage, owner, config) + candidate_args(
+        spec, request.stage, request.shard
+    )
+    if not distributed.uses_torchrun(spec, request.stage):
+        return command
+    return distributed.launch_command(spec, command[1:], request.name)
 
 
 def stage_image(spec: ModelOptimizationSpec, stage: str, config: OperatorConfig) -> str:
@@ -251,7 +287,8 @@ def _wants_gpu(spec: ModelOptimizationSpec, stage: str) -> bool:
 
 
 def _resources(spec: ModelOptimizationSpec, stage: str) -> dict[str, dict[str, str]]:
-    """The stage's requests and limits; the prune stage adds one GPU when asked."""
+    """The stage's requests and limits; the prune stage adds its GPUs when asked (one
+    per process on the Pod's node)."""
     chosen: Resources = (
         spec.execution.prune_resources if stage == "prune" else spec.execution.cpu_resources
     )
@@ -260,7 +297,7 @@ def _resources(spec: ModelOptimizationSpec, stage: str) -> dict[str, dict[str, s
     limits = {k: str(v) for k, v in chosen.limits.items()}
     if _wants_gpu(spec, stage):
         # Extended resources need requests equal to limits.
-        requests[GPU] = limits[GPU] = "1"
+        requests[GPU] = limits[GPU] = str(distributed.gpus_per_pod(spec))
     out: dict[str, dict[str, str]] = {}
     if requests:
         out["requests"] = requests

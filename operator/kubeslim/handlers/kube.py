@@ -101,6 +101,34 @@ class Kube:
             if err.status != 404:
                 raise
 
+    # services: create, get, delete (the rendezvous of a multi-worker prune Job)
+    def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a Service; False when it exists already (409)."""
+        try:
+            self.core.create_namespaced_service(namespace, body)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Service, or None when there is none."""
+        try:
+            return dict(self.plain(self.core.read_namespaced_service(name, namespace)))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        """Delete a Service (gone already is fine)."""
+        try:
+            self.core.delete_namespaced_service(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
     # pods: list; pods/log: get
     def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The Pods of a Job, oldest first."""

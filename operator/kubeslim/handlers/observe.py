@@ -43,6 +43,8 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         elif cond.get("type") == "Failed":
             phase = JobPhase.failed
             failure = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
+    spec = job.get("spec") or {}
+    workers = _int(spec.get("completions")) if spec.get("completionMode") == "Indexed" else 1
     generation = _int(labels.get(LABEL_GENERATION))
     retry_round = _int(labels.get(LABEL_RETRY_ROUND))
     return ObservedJob(
@@ -53,6 +55,7 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         phase=phase,
         shard=annotations.get(ANNOTATION_SHARD, ""),
         retry_round=retry_round,
+        workers=max(workers, 1),
         active=int(status.get("active") or 0),
         ready=int(status.get("ready") or 0),
         succeeded=int(status.get("succeeded") or 0),

@@ -24,7 +24,8 @@ from kubeslim.api.status import ModelOptimizationStatus, now_rfc3339
 from kubeslim.config import OperatorConfig
 from kubeslim.constants import ANNOTATION_CANCEL, ANNOTATION_RETRY
 from kubeslim.errors import SpecError
-from kubeslim.executors.job import Owner, build_job
+from kubeslim.executors.distributed import primary_first, service_name
+from kubeslim.executors.job import Owner, build_job, build_service
 from kubeslim.handlers.kube import Kube, api_error
 from kubeslim.handlers.metrics import OperatorMetrics
 from kubeslim.handlers.observe import (
@@ -175,7 +176,7 @@ def _reconcile(
             rt.table.settle(
                 key, decided.holds_slot, waits=decided.action == Action.wait_for_capacity
             )
-        decided = _act(rt, body, spec, decided)
+        decided = _act(rt, body, spec, decided, jobs)
         if not decided.holds_slot:  # a refused Job turns the plan terminal: free the slot
             with rt.table.lock:  # (a waiting resource keeps its place in the queue)
                 rt.table.settle(key, False, waits=decided.action == Action.wait_for_capacity)
@@ -235,7 +236,8 @@ def _observe(
 
 def _details(rt: Runtime, namespace: str, job: ObservedJob) -> ObservedJob:
     """Read the result (success) or the reason and log tail (failure) from the Job's Pods."""
-    pods = rt.kube.list_job_pods(namespace, job.name)
+    # Index 0 (rank 0) last: it writes the result and the stage's own error line.
+    pods = primary_first(rt.kube.list_job_pods(namespace, job.name))
     if job.phase == JobPhase.succeeded:
         return replace(job, result=stage_result(pods))
     tail = ""
@@ -251,19 +253,25 @@ def _act(
     body: dict[str, Any],
     spec: ModelOptimizationSpec | SpecError,
     decided: Plan,
+    jobs: list[ObservedJob],
 ) -> Plan:
     """Delete stale Jobs and create the planned ones; a rejected Job fails the resource."""
     meta = body["metadata"]
     namespace = meta["namespace"]
+    multi_pod = {j.name for j in jobs if j.workers > 1}
     for stale in decided.delete:
         log.info("deleting Job %s/%s of an earlier spec", namespace, stale)
         rt.kube.delete_job(namespace, stale)
+        if stale in multi_pod:  # its rendezvous Service serves nothing any more
+            rt.kube.delete_service(namespace, service_name(stale))
     if not decided.create or isinstance(spec, SpecError):
         return decided
     owner = Owner(name=meta["name"], namespace=namespace, uid=meta.get("uid", ""))
     for request in decided.create:
         job = build_job(spec, request, owner, rt.config)
         try:
+            # The Service first: its address reaches only Pods created after it.
+            _ensure_service(rt, build_service(spec, request, owner), owner.uid)
             made = rt.kube.create_job(namespace, job)
         except ApiException as err:
             if err.status not in (400, 422):
@@ -274,6 +282,24 @@ def _act(
         else:
             _clear_the_way(rt, namespace, request.name, owner.uid, request.fingerprint)
     return decided
+
+
+def _ensure_service(rt: Runtime, service: dict[str, Any] | None, uid: str) -> None:
+    """Create the Job's rendezvous Service; one left by a deleted namesake goes, and
+    the Job waits for the next look (its Pods would meet at the wrong address)."""
+    if service is None:
+        return
+    namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
+    if rt.kube.create_service(namespace, service):
+        log.info("created Service %s/%s", namespace, name)
+        return
+    existing = rt.kube.get_service(namespace, name)
+    if existing is not None and owned_by(existing, uid):
+        return  # ours: a restart made it
+    if existing is not None:
+        log.warning("Service %s/%s belongs to another owner; deleting it", namespace, name)
+        rt.kube.delete_service(namespace, name)
+    raise kopf.TemporaryError(f"Service {namespace}/{name} not ready to use; retrying", delay=2)
 
 
 def _clear_the_way(rt: Runtime, namespace: str, name: str, uid: str, fingerprint: str) -> None:
@@ -320,7 +346,7 @@ def _with_progress(
     job = next((j for j in jobs if entry and j.name == entry.job_name), None)
     if job is None or job.phase != JobPhase.active:
         return status
-    pods = rt.kube.list_job_pods(namespace, job.name)
+    pods = primary_first(rt.kube.list_job_pods(namespace, job.name))
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if not running:
         return status

@@ -37,6 +37,7 @@ class ObservedJob:
     phase: JobPhase = JobPhase.active
     shard: str = ""  # "" for a stage that runs as one Job
     retry_round: int = 0  # the retry round that created it (label); 0 before any retry
+    workers: int = 1  # Pods of an Indexed Job (a multi-worker prune), else 1
     active: int = 0
     ready: int = 0  # Pods running and ready: when 0 while active, its Pods may be stuck
     succeeded: int = 0

@@ -653,6 +653,7 @@ def _summary(job: ObservedJob) -> JobSummary:
     return JobSummary(
         name=job.name,
         stage=job.stage,
+        workers=job.workers if job.workers > 1 else None,
         active=job.active,
         succeeded=job.succeeded,
         failed=job.failed,
