@@ -12,6 +12,7 @@ from kubeslim.api.status import State
 from kubeslim.config import OperatorConfig
 from kubeslim.executors.job import Owner, build_job
 from kubeslim.planner import JobPhase, JobRequest, PlanInput, plan
+from kubeslim.planner.search import pack_table
 from tests.test_planner import SPEC, World, spec_of
 
 SEARCH = {"targets": [0.3, 0.5, 0.7], "maxAccuracyDrop": 0.01, "parallelism": 2}
@@ -146,3 +147,106 @@ def test_a_pipeline_without_search_has_no_select_stage() -> None:
     assert [s.name for s in result.status.stages] == ["prune", "convert", "quantize", "benchmark"]
     assert result.status.search is None
     assert "search" not in SPEC
+
+
+def rows(*targets_rounds: tuple[float, int], drop_per_target: float = 2.0) -> list[dict[str, Any]]:
+    """Measured candidate rows as the select stage's details hold them."""
+    return [
+        {"name": f"t{round(t * 10000):04d}", "target": t, "round": r, "state": "Measured",
+         "accuracyDrop": drop_per_target * t, "speedup": 1 + 2 * t, "sizeBytes": 1000}
+        for t, r in targets_rounds
+    ]  # fmt: skip
+
+
+def select_metrics(measured: list[dict[str, Any]], next_round: list[str]) -> dict[str, Any]:
+    """A select result: measured rows as the packed table, the next round or the choice."""
+    metrics: dict[str, Any] = {
+        "outcome": "Searching" if next_round else "Selected",
+        "chosen": None if next_round else "t6000",
+        "nextRound": next_round,
+        "maxAccuracyDrop": 0.015,
+        "candidateTable": pack_table(measured),
+        "message": "searching" if next_round else "chose t6000",
+    }
+    return metrics
+
+
+def finish_round(world: World, select: dict[str, Any]) -> None:
+    """Run every stage of the current round to the end, the select Job with `select`."""
+    for _ in range(12):
+        running = [j for j in world.jobs.values() if j.phase == JobPhase.active]
+        assert len([j for j in running if j.stage != "select"]) <= 2  # parallelism
+        if any(j.stage == "select" for j in running):
+            job = next(j for j in running if j.stage == "select")
+            result = {"stage": "select", "fingerprint": "x", "metrics": select,
+                      "outputs": {"report": "select/r.html"}, "durationSeconds": 1.0}  # fmt: skip
+            world.jobs[job.name] = replace(job, phase=JobPhase.succeeded, active=0, succeeded=1,
+                                           result=result)  # fmt: skip
+            return
+        for stage in {j.stage for j in running}:
+            finish_all(world, stage)
+        world.step()
+    raise AssertionError("the round never reached its select Job")
+
+
+def test_a_refinement_round_runs_as_jobs_then_a_final_selection_over_all_rounds() -> None:
+    search = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
+    world = World(spec_of(search=search, artifacts=ARTIFACTS))
+    world.step()
+    round0 = rows((0.3, 0), (0.5, 0), (0.7, 0))  # drops 0.6, 1.0, 1.4 points
+    finish_round(world, select_metrics(round0, ["t6000"]))
+    # round 0's select named round 1: its candidate starts at once, as a Job of its own
+    started = world.step()
+    assert [short(r.name) for r in started.create] == ["demo-prune-g1-t6000"]
+    search_status = started.status.search
+    assert search_status is not None and search_status.round == 1
+    assert [(c.name, c.round, c.state) for c in search_status.candidates] == [
+        ("t3000", 0, "Measured"), ("t5000", 0, "Measured"), ("t7000", 0, "Measured"),
+        ("t6000", 1, "Pending"),
+    ]  # fmt: skip
+    assert started.status.state == State.running and started.status.current_stage == "prune"
+    world.step()
+    assert world.status.search is not None
+    assert {c.name: c.state for c in world.status.search.candidates}["t6000"] == "Running"
+    round1 = [*round0, *rows((0.6, 1))]
+    finish_round(world, select_metrics(round1, []))
+    done = world.step()
+    assert done.status.state == State.succeeded
+    assert sorted(short(n) for n in world.created) == sorted(
+        [f"demo-{s}-g1-{c}" for s in ("prune", "convert", "quantize")
+         for c in ("t3000", "t5000", "t7000", "t6000")]
+        + ["demo-select-g1", "demo-select-g1-r1"]
+    )  # fmt: skip
+    final = done.status.search
+    assert final is not None and final.outcome == "Selected" and final.chosen == "t6000"
+    assert [c.name for c in final.candidates] == ["t3000", "t5000", "t6000", "t7000"]
+    assert final.round == 1 and final.chosen_drop == "1.20pt"
+
+
+def test_a_restarted_operator_finds_the_refinement_round_from_the_jobs() -> None:
+    search = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
+    world = World(spec_of(search=search, artifacts=ARTIFACTS))
+    world.step()
+    finish_round(world, select_metrics(rows((0.3, 0), (0.5, 0), (0.7, 0)), ["t6000"]))
+    world.step()
+    world.step()
+    before = list(world.created)
+    world.status = type(world.status)()  # a new operator: only the Jobs in the API server
+    again = world.step()
+    assert again.create == () and world.created == before, again.create
+    assert again.status.search is not None and again.status.search.round == 1
+    assert again.status.current_stage == "prune"
+
+
+def test_a_spec_edit_to_the_search_starts_again_from_round_zero() -> None:
+    search = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
+    world = World(spec_of(search=search, artifacts=ARTIFACTS))
+    world.step()
+    finish_round(world, select_metrics(rows((0.3, 0), (0.5, 0), (0.7, 0)), ["t6000"]))
+    world.step()
+    world.spec = spec_of(search={**search, "maxAccuracyDrop": 0.02}, artifacts=ARTIFACTS)
+    world.generation = 2
+    edited = world.step()
+    # round 0's candidate Jobs still hold (same prune fingerprint): select runs again first
+    assert edited.status.search is not None and edited.status.search.round == 0
+    assert [short(r.name) for r in edited.create] == ["demo-select-g2"]

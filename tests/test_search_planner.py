@@ -128,3 +128,15 @@ def test_a_search_without_pruning_or_int8_is_refused_in_one_line() -> None:
         parse_spec(body)
     assert "search needs pruning.enabled and quantization.enabled" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_budget_nobody_meets_refines_shallower_then_stops() -> None:
+    s = search(rounds=3, candidatesPerRound=1)
+    done = [measured(0.3, 2.0, 1.5), measured(0.5, 3.0, 2.0), measured(0.7, 5.0, 3.0)]
+    # nothing within budget: the next round tries below the shallowest target
+    nxt = next_round(s, done)
+    assert [(c.target, c.round) for c in nxt] == [(0.15, 1)]
+    done.append(measured(0.15, 1.5, 1.2, round_=1))  # still outside: no improvement
+    assert next_round(s, done) == []
+    assert select(s, done).outcome is SearchOutcome.no_candidate_within_budget
+    assert select(s, done).closest == candidate(0.15, 1)

@@ -21,9 +21,16 @@ from kubeslim.api.manifest import load_manifest
 from kubeslim.api.spec import ModelOptimizationSpec, SearchSpec
 from kubeslim.errors import KubeslimError
 from kubeslim.executors.local import StageRun, _report_failure, _run_child
-from kubeslim.planner.search import Candidate, candidate_from_name, candidate_prefix, first_round
+from kubeslim.planner.search import (
+    Candidate,
+    candidate_from_name,
+    candidate_prefix,
+    first_round,
+    unpack_table,
+)
 from kubeslim.stages.result import StageResult
 from kubeslim.store import ArtifactStore, open_store
+from kubeslim.store.refs import resolve
 
 CANDIDATE_STAGES = ("prune", "convert", "quantize")
 SELECT_RESULT = "select/result.json"
@@ -68,7 +75,7 @@ def run_search(
             metrics = StageResult.model_validate(store.read_json(SELECT_RESULT)).metrics
             pending = [candidate_from_name(n) for n in metrics.get("nextRound", [])]
     result = StageResult.model_validate(store.read_json(SELECT_RESULT))
-    print_candidates(result, Console())
+    print_candidates(result, Console(), store.root)
     report = result.outputs.get("report")
     if report:
         # results name outputs by key below the root (older ones by full URI)
@@ -133,8 +140,9 @@ def _run_select(manifest: str, store: ArtifactStore, force: bool, progress: Prog
     return run
 
 
-def print_candidates(result: StageResult, console: Console) -> None:
-    """Every candidate, the chosen one marked, and the outcome."""
+def print_candidates(result: StageResult, console: Console, root: str) -> None:
+    """Every candidate, the chosen one marked, and the outcome (root: the artifacts
+    root the result's references are relative to)."""
     m = result.metrics
     budget = float(m.get("maxAccuracyDrop", 0)) * 100
     table = Table(
@@ -145,7 +153,8 @@ def print_candidates(result: StageResult, console: Console) -> None:
             "drop (pt)", "speedup", "size", "in budget")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col == "candidate" else "right")
-    for r in m.get("candidates", []):
+    rows = sorted(result.details.get("candidates") or unpack_table(m), key=lambda r: r["target"])
+    for r in rows:
         mark = " *" if r["name"] == m.get("chosen") else ""
         table.add_row(
             r["name"] + mark, f"{r['target']:g}", str(r.get("round", 0)),
@@ -159,7 +168,7 @@ def print_candidates(result: StageResult, console: Console) -> None:
     console.print(table)
     console.print(str(m.get("message", "")))
     if m.get("selectedIr"):
-        console.print(f"selected model: {m['selectedIr']}")
+        console.print(f"selected model: {resolve(root, m['selectedIr'])}")
 
 
 def _fmt(value: Any, pattern: str) -> str:

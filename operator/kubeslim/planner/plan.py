@@ -46,7 +46,10 @@ from kubeslim.planner.model import (
 )
 from kubeslim.planner.policy import policy_refusal
 from kubeslim.planner.search import (
+    SEARCH_STAGES,
     candidate_shards,
+    next_round_status,
+    refinement,
     search_status,
     within_parallelism,
 )
@@ -71,13 +74,16 @@ _PHASE_RANK = {JobPhase.succeeded: 0, JobPhase.active: 1, JobPhase.failed: 2}
 _FINAL = (State.succeeded, State.failed)
 
 
-def stage_shards(spec: ModelOptimizationSpec, stage: str) -> tuple[str, ...]:
-    """The Jobs one stage runs as: one unnamed shard today.
+def stage_shards(
+    spec: ModelOptimizationSpec, stage: str, status: ModelOptimizationStatus | None = None
+) -> tuple[str, ...]:
+    """The Jobs one stage runs as: one unnamed shard, unless the stage fans out.
 
-    A stage that fans out (several pruning targets searched in parallel) returns
-    one shard id per Job; the planner creates, waits for and records them all.
+    A search fans out: one shard per candidate of the round now running (which
+    status records), and one select Job per round; the planner creates, waits
+    for and records them all.
     """
-    return candidate_shards(spec, stage)
+    return candidate_shards(spec, stage, status or ModelOptimizationStatus())
 
 
 @dataclass
@@ -107,6 +113,18 @@ def plan(inp: PlanInput) -> Plan:
 
 
 def _plan(inp: PlanInput) -> Plan:
+    decided = _plan_round(inp)
+    # The search's refinement rounds: a select result naming a next round starts it at
+    # once (bounded: each pass moves one round on, and a search has at most 6).
+    for _ in range(8):
+        advanced = _next_round(inp, decided)
+        if advanced is None:
+            break
+        decided = _plan_round(advanced)
+    return decided
+
+
+def _plan_round(inp: PlanInput) -> Plan:
     if _asked(inp.cancel, inp.status.last_cancel):
         return _cancel(inp)
     if _asked(inp.retry, inp.status.last_retry):
@@ -159,6 +177,35 @@ def _plan(inp: PlanInput) -> Plan:
     return _finish(inp, walk, stale)
 
 
+def _next_round(inp: PlanInput, decided: Plan) -> PlanInput | None:
+    """The input of the search's next round when the select stage just finished a round
+    and named another (round k+1 from round k's select result), else None.
+
+    The next round's candidates and number go into status.search; the candidate
+    stages and select start again as pending, so their Jobs for the new candidates
+    (and the round's own select Job) are created under the parallelism limit.
+    """
+    spec = inp.spec
+    result = decided.extra.get("select_result")
+    if isinstance(spec, SpecError) or spec.search is None or not isinstance(result, dict):
+        return None
+    if decided.action != Action.succeeded:
+        return None
+    nxt = refinement(spec, inp.status, result)
+    if not nxt:
+        return None
+    stages = [
+        StageStatus(name=s.name, state=StageState.pending, fingerprint=s.fingerprint)
+        if s.name in SEARCH_STAGES
+        else s
+        for s in decided.status.stages
+    ]
+    status = inp.status.model_copy(
+        update={"stages": stages, "search": next_round_status(inp.status, result, nxt)}
+    )
+    return replace(inp, status=status)
+
+
 def _settled(inp: PlanInput) -> Plan | None:
     """A finished resource whose spec did not change since is left exactly as it is.
 
@@ -181,7 +228,7 @@ def _visit(
         walk.stages.append(old)
         walk.jobs.extend(_summaries(inp.jobs, stage, fingerprint))
         return
-    shards = stage_shards(spec, stage)
+    shards = stage_shards(spec, stage, inp.status)
     chosen = {shard: _pick(inp, stage, shard, fingerprint) for shard in shards}
     found = [j for j in chosen.values() if j is not None]
     walk.jobs.extend(_summary(j) for j in found)
@@ -486,6 +533,8 @@ def _finish(inp: PlanInput, walk: _Walk, stale: tuple[str, ...]) -> Plan:
         events=transitions(old.conditions, conditions),
         holds_slot=walk.outcome in (Action.create_jobs, Action.wait),
         stage=current,
+        # A search round's select result, for _next_round (not carried out by handlers).
+        extra={"select_result": walk.results["select"]} if "select" in walk.results else {},
     )
 
 
@@ -515,10 +564,10 @@ def _search(inp: PlanInput, walk: _Walk) -> SearchStatus | None:
     root = f"{inp.spec.artifacts.uri.rstrip('/')}/{inp.namespace}/{inp.name}"
     jobs = [(j.shard, j.stage, j.phase.value) for j in inp.jobs]
     if "select" in walk.results:
-        return search_status(inp.spec, walk.results["select"], jobs, root)
+        return search_status(inp.spec, inp.status, walk.results["select"], jobs, root)
     if "select" not in walk.cleared and inp.status.search is not None:
         return inp.status.search
-    return search_status(inp.spec, None, jobs, root)
+    return search_status(inp.spec, inp.status, None, jobs, root)
 
 
 def _state_and_summary(inp: PlanInput, walk: _Walk, metrics: Metrics | None) -> tuple[State, str]:

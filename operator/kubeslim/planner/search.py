@@ -10,12 +10,22 @@ among every measured candidate within the budget.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubeslim.api.spec import ModelOptimizationSpec, SearchSpec, TargetKind
-from kubeslim.api.status import CandidateState, CandidateStatus, SearchOutcome, SearchStatus
+from kubeslim.api.status import (
+    CandidateState,
+    CandidateStatus,
+    ModelOptimizationStatus,
+    SearchOutcome,
+    SearchStatus,
+)
+from kubeslim.stages.pipeline import spec_fingerprints
+from kubeslim.stages.result import TERMINATION_MESSAGE_LIMIT
+from kubeslim.store.refs import resolve
 
 # Accuracies are ratios of counts; a drop equal to the budget must count as within it.
 BUDGET_SLACK = 1e-9
@@ -176,20 +186,177 @@ def candidate_from_name(name: str) -> Candidate:
     return candidate(int(digits) / 10000, 0)
 
 
-# --- the search on a cluster: which Jobs, how many at once, what status says ----------
+# --- the candidate table: every candidate's figures in a few bytes per row ----------
+
+# The select stage's metrics travel in a termination message (3,500 bytes in all), so
+# the table is packed: one array per candidate, in these columns. name, state and
+# withinBudget follow from target, the figures and the budget.
+TABLE_COLUMNS = (
+    "target",
+    "round",
+    "flopsReduction",
+    "accuracyBeforeInt8",
+    "accuracyAfterInt8",
+    "accuracyDrop",
+    "speedup",
+    "sizeBytes",
+)
+# What a compact result holds besides its metrics (stage, fingerprints, outputs, times),
+# with room to spare: the table gets the rest of the termination message.
+ENVELOPE_BYTES = 700
+_DIGITS = {"target": 4, "flopsReduction": 3, "accuracyBeforeInt8": 4, "accuracyAfterInt8": 4,
+           "accuracyDrop": 3, "speedup": 3}  # fmt: skip
+
+
+def fit_table(
+    metrics: dict[str, Any], rows: Sequence[dict[str, Any]], keep: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The packed table for these metrics: as many rows as the termination message
+    holds beside them (about 50 typical ones; a search has at most 56)."""
+    others = len(json.dumps(metrics, separators=(",", ":")))
+    return pack_table(rows, keep, TERMINATION_MESSAGE_LIMIT - ENVELOPE_BYTES - others)
+
+
+def pack_table(
+    rows: Sequence[dict[str, Any]], keep: Sequence[str] = (), limit: int = 1 << 20
+) -> dict[str, Any]:
+    """{"columns", "rows"[, "omitted"]}: the rows by target, figures rounded; if they do
+    not fit `limit` bytes, the earliest rounds' rows go first (never those named in
+    keep), and "omitted" counts them: the full table is in the report."""
+    packed = [[_rounded(col, r.get(col)) for col in TABLE_COLUMNS] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: rows[i].get("target", 0.0))
+    dropped: set[int] = set()
+    # The least informative first: early rounds, then the shallow end.
+    spare = sorted(
+        (i for i in order if rows[i].get("name") not in keep),
+        key=lambda i: (rows[i].get("round", 0), rows[i].get("target", 0.0)),
+    )
+    while _size([packed[i] for i in order if i not in dropped]) > limit and spare:
+        dropped.add(spare.pop(0))
+    table: dict[str, Any] = {
+        "columns": list(TABLE_COLUMNS),
+        "rows": [packed[i] for i in order if i not in dropped],
+    }
+    if dropped:
+        table["omitted"] = len(dropped)
+    return table
+
+
+def unpack_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate rows of a select result: the packed table, or the list of rows
+    that select results carried before the table was packed."""
+    table = metrics.get("candidateTable")
+    if not isinstance(table, dict):
+        listed = metrics.get("candidates")
+        return [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
+    columns = table.get("columns") or []
+    budget = float(metrics.get("maxAccuracyDrop") or 0.0) * 100
+    out = []
+    for values in table.get("rows") or []:
+        row = {c: v for c, v in zip(columns, values, strict=False) if v is not None}
+        if not isinstance(row.get("target"), int | float):
+            continue
+        row["name"] = candidate_name(float(row["target"]))
+        measured = row.get("accuracyDrop") is not None
+        row["state"] = CandidateState.measured.value if measured else CandidateState.failed.value
+        if measured:
+            row["withinBudget"] = row["accuracyDrop"] <= budget + BUDGET_SLACK * 100
+        out.append(row)
+    return out
+
+
+def _rounded(column: str, value: Any) -> Any:
+    digits = _DIGITS.get(column)
+    return round(value, digits) if digits is not None and isinstance(value, float) else value
+
+
+def _size(rows: list[list[Any]]) -> int:
+    return len(json.dumps(rows, separators=(",", ":")))
+
+
+# --- the search on a cluster: rounds of Jobs, how many at once, what status says -------
 
 CANDIDATE_STAGES = ("prune", "convert", "quantize")
+SEARCH_STAGES = (*CANDIDATE_STAGES, "select")
 
 
-def candidate_shards(spec: ModelOptimizationSpec, stage: str) -> tuple[str, ...]:
-    """One Job per first-round candidate for the candidate stages; one plain Job otherwise.
+def select_shard(round_: int) -> str:
+    """The select Job's shard: none in round 0 (as before rounds ran on a cluster),
+    'r<k>' in refinement round k, so each round's select is a Job of its own."""
+    return f"r{round_}" if round_ else ""
 
-    Refinement rounds run locally (`kubeslim run`); on a cluster the select stage
-    reports them in `nextRound` and the status names them, but no Jobs start for them.
+
+def search_round(
+    spec: ModelOptimizationSpec, status: ModelOptimizationStatus
+) -> tuple[int, list[Candidate]]:
+    """The round now running on the cluster and its candidates.
+
+    Round 0 comes from the spec. A later round is what the planner recorded in
+    status.search when the previous round's select result named it; it holds only
+    while the select stage's fingerprint is the one it was recorded under (a spec
+    edit that changes the search starts again from round 0, whose finished Jobs
+    and results are then found and reused).
     """
-    if spec.search is None or stage not in CANDIDATE_STAGES:
+    assert spec.search is not None
+    search = status.search
+    entry = next((s for s in status.stages if s.name == "select"), None)
+    current = spec_fingerprints(spec)["select"]
+    if search is None or search.round == 0 or entry is None or entry.fingerprint != current:
+        return 0, first_round(spec.search)
+    names = [Candidate(c.name, c.target, c.round) for c in search.candidates]
+    return search.round, [c for c in names if c.round == search.round]
+
+
+def candidate_shards(
+    spec: ModelOptimizationSpec, stage: str, status: ModelOptimizationStatus
+) -> tuple[str, ...]:
+    """One Job per candidate of the current round for the candidate stages, that
+    round's select Job for select; one plain Job for every other stage."""
+    if spec.search is None or stage not in SEARCH_STAGES:
         return ("",)
-    return tuple(c.name for c in first_round(spec.search))
+    round_, cands = search_round(spec, status)
+    if stage == "select":
+        return (select_shard(round_),)
+    return tuple(c.name for c in cands)
+
+
+def refinement(
+    spec: ModelOptimizationSpec, status: ModelOptimizationStatus, select_result: dict[str, Any]
+) -> list[Candidate]:
+    """The next round's candidates that a select result names (its `nextRound`, decided
+    by next_round in the select stage); empty when the search is over.
+
+    Their round follows the last round the result measured, so a select that found a
+    later round already finished (a restart) and went on is followed as it is.
+    """
+    metrics = select_result.get("metrics") or {}
+    names = [n for n in metrics.get("nextRound") or [] if isinstance(n, str)]
+    if spec.search is None or not names:
+        return []
+    rows = unpack_table(metrics)
+    last = max((int(r.get("round", 0)) for r in rows), default=search_round(spec, status)[0])
+    return [replace(candidate_from_name(n), round=last + 1) for n in names]
+
+
+def next_round_status(
+    status: ModelOptimizationStatus, select_result: dict[str, Any], nxt: Sequence[Candidate]
+) -> SearchStatus:
+    """status.search as the next round starts: the measured rows so far, then the new
+    round's candidates, pending."""
+    measured = _table_status(select_result.get("metrics") or {})
+    fresh = [
+        CandidateStatus(name=c.name, target=c.target, round=c.round, state=CandidateState.pending)
+        for c in nxt
+    ]
+    round_ = nxt[0].round
+    return measured.model_copy(
+        update={
+            "round": round_,
+            "candidates": [*measured.candidates, *fresh][:CANDIDATES_IN_STATUS],
+            "message": f"round {round_}: {len(fresh)} candidates, "
+            f"{len(measured.candidates)} measured before",
+        }
+    )
 
 
 def within_parallelism(
@@ -210,25 +377,33 @@ def candidate_args(spec: ModelOptimizationSpec, stage: str, shard: str) -> list[
 
 def search_status(
     spec: ModelOptimizationSpec,
+    status: ModelOptimizationStatus,
     select_result: dict[str, Any] | None,
     jobs: Sequence[tuple[str, str, str]],
     root: str,
 ) -> SearchStatus | None:
-    """status.search: the select stage's figures once it ran, else the candidates' Jobs.
+    """status.search: the select stage's figures once the last round's select ran, else
+    the rows measured in earlier rounds plus the current round's candidates by their Jobs.
 
-    select_result is the select stage's compact result; jobs are (shard, stage,
-    phase) of the observed Jobs; root is the resource's artifacts URI.
+    status is the one the plan started from; select_result the select stage's
+    compact result; jobs are (shard, stage, phase) of the observed Jobs; root is
+    the resource's artifacts URI.
     """
     if spec.search is None:
         return None
     metrics = (select_result or {}).get("metrics") or {}
-    if isinstance(metrics.get("candidates"), list):
+    if unpack_table(metrics):
         report = ((select_result or {}).get("outputs") or {}).get("report")
-        if isinstance(report, str) and "://" not in report and not report.startswith("/"):
-            report = f"{root.rstrip('/')}/{report}"
-        return _selected_status(metrics).model_copy(update={"report": report})
-    entries = []
-    for c in first_round(spec.search):
+        found = _table_status(metrics)
+        update: dict[str, Any] = {
+            "report": resolve(root, report) if isinstance(report, str) else None,
+            "selected_ir": resolve(root, found.selected_ir) if found.selected_ir else None,
+        }
+        return found.model_copy(update=update)
+    round_, cands = search_round(spec, status)
+    earlier = [c for c in (status.search.candidates if status.search else []) if c.round < round_]
+    entries = [*earlier]
+    for c in cands:
         phases = {(stage, phase) for shard, stage, phase in jobs if shard == c.name}
         state = CandidateState.pending
         if any(p == "Failed" for _, p in phases):
@@ -236,18 +411,27 @@ def search_status(
         elif phases:
             state = CandidateState.running
         entries.append(CandidateStatus(name=c.name, target=c.target, round=c.round, state=state))
-    return SearchStatus(candidates=entries, message=f"{len(entries)} candidates in round 0")
+    return SearchStatus(
+        round=round_,
+        candidates=entries[:CANDIDATES_IN_STATUS],
+        message=f"{len(cands)} candidates in round {round_}"
+        + (f", {len(earlier)} measured before" if earlier else ""),
+    )
 
 
-def _selected_status(m: dict[str, Any]) -> SearchStatus:
+def _table_status(m: dict[str, Any]) -> SearchStatus:
     candidates = []
-    for row in m["candidates"][:64]:
+    for row in unpack_table(m)[:CANDIDATES_IN_STATUS]:
         fields = {k: v for k, v in row.items() if k in _CANDIDATE_KEYS}
         try:
             candidates.append(CandidateStatus.model_validate(fields))
         except ValueError:
             continue
     chosen = next((c for c in candidates if c.name == m.get("chosen")), None)
+    omitted = int((m.get("candidateTable") or {}).get("omitted") or 0)
+    message = str(m.get("message", ""))
+    if omitted:
+        message += f" ({omitted} more candidates in the report)"
     return SearchStatus(
         outcome=SearchOutcome(m.get("outcome", SearchOutcome.searching.value)),
         round=max((c.round for c in candidates), default=0),
@@ -259,10 +443,11 @@ def _selected_status(m: dict[str, Any]) -> SearchStatus:
         if chosen and chosen.accuracy_drop is not None
         else None,
         selected_ir=m.get("selectedIr"),
-        message=str(m.get("message", ""))[:1024],
+        message=message[:1024],
     )
 
 
+CANDIDATES_IN_STATUS = 64  # SearchStatus.candidates' bound; the spec's largest search is 56
 _CANDIDATE_KEYS = {
     "name",
     "target",

@@ -29,6 +29,7 @@ from kubeslim.planner.search import (
     Selection,
     candidate_prefix,
     candidate_spec,
+    fit_table,
     next_round,
     within_budget,
 )
@@ -333,7 +334,8 @@ def _body(
     replay: Replay,
     selection: Selection | None,
 ) -> dict[str, Any]:
-    """The stage's metrics (compact: they travel in the termination message) and details."""
+    """The stage's metrics (compact: they travel in the termination message, so the
+    candidates go as a packed table) and details (every figure, for the report)."""
     outcome = selection.outcome if selection else SearchOutcome.searching
     chosen = selection.chosen.name if selection and selection.chosen else None
     closest = selection.closest.name if selection and selection.closest else None
@@ -346,12 +348,13 @@ def _body(
         "nextRound": [c.name for c in replay.pending],
         "maxAccuracyDrop": search.max_accuracy_drop,
         "objective": search.objective.value,
-        "candidates": [_compact(r) for r in rows],
         "message": _message(search, outcome, chosen, closest, rows),
     }
     if best is not None:
         metrics.update(_summary(base, best))
-        metrics["selectedIr"] = ctx.store.uri(f"{SELECTED}/model.xml")
+        # Relative to the artifacts root, like every result reference (store/refs.py).
+        metrics["selectedIr"] = f"{SELECTED}/model.xml"
+    metrics["candidateTable"] = fit_table(metrics, rows, keep=[n for n in (chosen, closest) if n])
     details = {
         "baseline": base,
         "candidates": rows,
