@@ -219,3 +219,88 @@ def test_an_indexed_job_counts_its_workers_and_succeeds_only_complete() -> None:
 def test_a_one_pod_job_has_one_worker() -> None:
     raw = {"metadata": {"name": "j"}, "spec": {"completions": 1}, "status": {}}
     assert observe_job(raw).workers == 1
+
+
+# ---- the handler's side: Service before Job, a namesake's Service, stale Jobs --------
+
+
+class Calls:
+    """A stand-in for handlers.kube.Kube that records the calls _act makes."""
+
+    def __init__(self, service_owner: str | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.service_owner = service_owner  # an existing Service's owner uid: 409 on create
+
+    def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
+        self.calls.append(("create_service", body["metadata"]["name"]))
+        return self.service_owner is None
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any]:
+        self.calls.append(("get_service", name))
+        return {"metadata": {"ownerReferences": [{"uid": self.service_owner, "controller": True}]}}
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete_service", name))
+
+    def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        self.calls.append(("create_job", body["metadata"]["name"]))
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete_job", name))
+
+
+def _act_on(kube: Calls, workers: int, stale: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    from kubeslim.api.status import ModelOptimizationStatus
+    from kubeslim.handlers.reconcile import Runtime, SlotTable, _act
+    from kubeslim.planner import Action, Plan
+
+    spec = parse_spec({**BASE, "pruning": {"distributed": {"workers": workers}}})
+    fingerprint = spec_fingerprints(spec)["prune"]
+    name = job_name(OWNER.name, "prune", 2, fingerprint=fingerprint)
+    decided = Plan(
+        action=Action.create_jobs,
+        status=ModelOptimizationStatus(),
+        create=(JobRequest("prune", name, fingerprint, 2),),
+        delete=tuple(j.name for j in stale),
+    )
+    body = {"metadata": {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid}}
+    rt = Runtime(config=CONFIG, kube=kube, table=SlotTable(1))  # type: ignore[arg-type]
+    _act(rt, body, spec, decided, list(stale))
+    return kube.calls
+
+
+def test_the_service_is_created_before_its_job() -> None:
+    calls = _act_on(Calls(), workers=2)
+    assert [c[0] for c in calls] == ["create_service", "create_job"]
+    assert calls[0][1] == service_name(calls[1][1])
+    assert [c[0] for c in _act_on(Calls(), workers=1)] == ["create_job"]
+
+
+def test_our_own_service_from_before_a_restart_is_used() -> None:
+    calls = _act_on(Calls(service_owner=OWNER.uid), workers=2)
+    assert [c[0] for c in calls] == ["create_service", "get_service", "create_job"]
+
+
+def test_a_namesakes_service_goes_and_the_job_waits() -> None:
+    import kopf
+
+    kube = Calls(service_owner="a-deleted-namesake")
+    with pytest.raises(kopf.TemporaryError):
+        _act_on(kube, workers=2)
+    assert [c[0] for c in kube.calls] == ["create_service", "get_service", "delete_service"]
+
+
+def test_a_stale_multi_pod_job_takes_its_service_along() -> None:
+    from kubeslim.planner import ObservedJob
+
+    group = ObservedJob(
+        name="demo-prune-g1-aaaa", stage="prune", fingerprint="x", generation=1, workers=2
+    )
+    single = ObservedJob(name="demo-prune-g1-bbbb", stage="prune", fingerprint="y", generation=1)
+    calls = _act_on(Calls(), workers=1, stale=(group, single))
+    assert calls[:3] == [
+        ("delete_job", "demo-prune-g1-aaaa"),
+        ("delete_service", "demo-prune-g1-aaaa"),
+        ("delete_job", "demo-prune-g1-bbbb"),
+    ]
