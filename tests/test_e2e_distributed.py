@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kubeslim.constants import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubeslim.constants import KIND
 from kubeslim.executors.distributed import LABEL_COMPLETION_INDEX
 from tests.cluster.cluster import wait_for
 from tests.test_e2e_node import Install, install  # noqa: F401  (the chart, installed once)
@@ -35,9 +35,11 @@ BATCH = 32  # per process
 LEARNING_RATE = 0.01  # per process batch; kubeslim multiplies it by the world size
 
 
-def spec(workers: int) -> dict[str, Any]:
+def spec(workers: int, checkpoint_every: int = 4) -> dict[str, Any]:
     """digits, resnet18 (small stem), one pruning step, two short epochs, checkpoints
-    every 4 steps; the same global batch and learning rate for any number of workers."""
+    every few steps; the same global batch and learning rate for any number of workers.
+    Runs that should not share stage outputs through the artifacts' shared cache differ
+    in their fingerprints (the checkpoint interval is one of the prune stage's inputs)."""
     return {
         "model": {
             "architecture": "resnet18",
@@ -53,7 +55,7 @@ def spec(workers: int) -> dict[str, Any]:
                 "epochs": 2,
                 "batchSize": BATCH * 2 // workers,
                 "learningRate": LEARNING_RATE * 2 / workers,
-                "checkpointEverySteps": 4,
+                "checkpointEverySteps": checkpoint_every,
             },
             "device": "cpu",
             "distributed": {"workers": workers, "backend": "gloo"},
@@ -65,31 +67,16 @@ def spec(workers: int) -> dict[str, Any]:
 
 
 class Runs:
-    """ModelOptimizations in the installed namespace, each with its own artifacts root
-    (no run reuses another's stage outputs through the shared cache)."""
+    """ModelOptimizations in the installed namespace and what they left in the bucket."""
 
     def __init__(self, installed: Install) -> None:
         self.i = installed
 
     def create(self, name: str, body_spec: dict[str, Any]) -> None:
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": name},
-            "spec": {
-                **body_spec,
-                "artifacts": {
-                    "uri": f"s3://{self.i.bucket}/{name}",
-                    "credentialsSecret": "s3-credentials",
-                },
-            },
-        }
-        self.i.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.i.namespace, PLURAL, body
-        )
+        self.i.create(name, body_spec)
 
     def root(self, name: str) -> str:
-        return f"{self.i.bucket}/{name}/{self.i.namespace}/{name}"
+        return f"{self.i.bucket}/runs/{self.i.namespace}/{name}"
 
     def prune_result(self, name: str) -> dict[str, Any]:
         """The prune stage's result.json (metrics and details) from the bucket."""
@@ -155,7 +142,7 @@ def test_two_workers_agree_with_one(runs: Runs, uninterrupted: dict[str, Any]) -
 def test_killing_a_worker_mid_epoch_resumes_from_the_checkpoint(
     runs: Runs, uninterrupted: dict[str, Any]
 ) -> None:
-    runs.create("killed", spec(2))
+    runs.create("killed", spec(2, checkpoint_every=3))
     wait_for(
         "a checkpoint of the killed run",
         lambda: bool(runs.checkpoints("killed")),
