@@ -77,12 +77,7 @@ def load_array_splits(spec: DatasetSpec, size: tuple[int, int] = (224, 224)) -> 
 
     size is what image folders decode to (built-in datasets keep their own).
     """
-    if spec.name is not None:
-        parts = _builtin(spec.name)
-    else:
-        from kubeslim.data.folder import load_image_folder
-
-        parts = load_image_folder(str(spec.uri), size)
+    parts = _builtin(spec.name) if spec.name is not None else _from_uri(spec, size)
     n_train = len(parts.train)
     n_test = None if parts.test is None else len(parts.test)
     if n_train == 0 or n_test == 0:
@@ -97,6 +92,23 @@ def load_array_splits(spec: DatasetSpec, size: tuple[int, int] = (224, 224)) -> 
         test=take(test_part, plan.test),
         num_classes=parts.num_classes,
     )
+
+
+def _from_uri(spec: DatasetSpec, size: tuple[int, int]) -> Parts:
+    """Tar shards (a pattern, a .tar, or a folder of them) or an ImageFolder tree."""
+    from kubeslim.data import shards
+    from kubeslim.data.files import open_files
+    from kubeslim.data.folder import image_folder
+
+    uri = str(spec.uri)
+    if shards.is_sharded(uri) or spec.test_uri is not None:
+        return shards.load_shards(uri, spec.test_uri, size, spec.cache_budget)
+    files = open_files(uri, spec.cache_budget)
+    names = files.names()  # listed once: a large s3:// prefix takes a page per 1,000 keys
+    tars = shards.tar_names(names)
+    if tars:
+        return shards.parts(shards.shard_images(files, tars, "spec.dataset.uri", size), None)
+    return image_folder(files, names, size)
 
 
 def take(source: ImageSource, idx: np.ndarray) -> ImageSource:

@@ -70,6 +70,23 @@ class S3Store(ArtifactStore):
             data: bytes = self.fs.cat_file(self._path(key))
         return data
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """length bytes of the object from start (one ranged GET: a sample in a tar shard)."""
+        with self._errors(key, missing="artifact"):
+            data: bytes = self.fs.cat_file(self._path(key), start=start, end=start + length)
+        return data
+
+    def open_read(self, key: str, block_size: int = 8 * 2**20) -> Any:
+        """A seekable file object that reads the object in blocks (a tar shard's headers)."""
+        with self._errors(key, missing="artifact"):
+            return self.fs.open(self._path(key), "rb", block_size=block_size)
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes."""
+        with self._errors(key, missing="artifact"):
+            head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self._key(key))
+        return int(head["ContentLength"])
+
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):
             self.fs.pipe_file(self._path(key), data, chunksize=self.part_size)

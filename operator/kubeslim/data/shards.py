@@ -1,0 +1,158 @@
+"""Sharded tar datasets in the WebDataset format, on a volume or below an s3:// prefix.
+
+A shard is a plain tar; the files of one sample share a key (the path up to the first
+dot of the file name) and differ by extension: one image (jpg, png, webp, ...) and its
+class as decimal text in `.cls`, as webdataset's TarWriter/ShardWriter write them.
+
+spec.dataset.uri names the training shards: a brace pattern
+(s3://bucket/train-{000000..000099}.tar), one .tar, or a folder (prefix) whose .tar
+files are the shards. spec.dataset.testUri names the test shards the same way; without
+it, validationFraction of the samples is held out as the test split. The tuning split
+is held out of the training samples (kubeslim.data.splits) as for any dataset.
+
+Each shard's tar headers are read once (on S3: streamed in 8 MiB blocks, no local
+copy) into a compact index (shard, offset, length, label per sample, 28 bytes each);
+samples are then read one by one (a ranged GET on S3), so every split, rank share,
+limit and shuffle works per sample as for image folders.
+"""
+
+from __future__ import annotations
+
+import array
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from kubeslim.data.arrays import Parts
+from kubeslim.data.files import Files, open_files
+from kubeslim.data.folder import IMAGE_SUFFIXES, decode
+from kubeslim.errors import SpecError
+
+
+def is_sharded(uri: str) -> bool:
+    """A brace pattern or a .tar (a folder of shards is recognised once listed)."""
+    return uri.endswith(".tar") or ("{" in uri and ".." in uri and "}" in uri)
+
+
+@dataclass
+class ShardIndex:
+    """Where each sample of some shards lies."""
+
+    shards: list[str]
+    shard: np.ndarray  # int32 index into shards
+    offset: np.ndarray  # int64 byte offset of the image in its shard
+    length: np.ndarray  # int64 byte length of the image
+    label: np.ndarray  # int64
+
+
+class ShardImages:
+    """Samples of tar shards, decoded lazily to uint8 [3, H, W]."""
+
+    def __init__(self, files: Files, index: ShardIndex, size: tuple[int, int]) -> None:
+        self.files = files
+        self.index = index
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.index.label)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        ix = self.index
+        name = ix.shards[int(ix.shard[i])]
+        data = self.files.read_range(name, int(ix.offset[i]), int(ix.length[i]))
+        return decode(data, self.size), int(ix.label[i])
+
+
+def load_shards(
+    uri: str, test_uri: str | None, size: tuple[int, int], cache_budget: str | None = None
+) -> Parts:
+    """The training shards and, with testUri, the test shards (module text)."""
+    train = _open(uri, "spec.dataset.uri", size, cache_budget)
+    test = None if test_uri is None else _open(test_uri, "spec.dataset.testUri", size, cache_budget)
+    return parts(train, test)
+
+
+def parts(train: ShardImages, test: ShardImages | None) -> Parts:
+    """The parts of a sharded dataset; classes are 0 .. the largest label."""
+    labels = [train.index.label] + ([] if test is None else [test.index.label])
+    return Parts(train, test, max(int(x.max()) for x in labels) + 1)
+
+
+def tar_names(names: list[str]) -> list[str]:
+    """The shards among a folder's file names (those at its top level)."""
+    return [n for n in names if n.endswith(".tar") and "/" not in n]
+
+
+def shard_images(files: Files, names: list[str], field: str, size: tuple[int, int]) -> ShardImages:
+    """The samples of the named shards below files (their headers read now)."""
+    if not names:
+        raise SpecError(field, "no .tar shards found")
+    index = index_shards(files, names, field)
+    if len(index.label) == 0:
+        raise SpecError(field, "the shards hold no image samples")
+    return ShardImages(files, index, size)
+
+
+def _open(uri: str, field: str, size: tuple[int, int], budget: str | None) -> ShardImages:
+    root, names = shard_names(uri, field)
+    files = open_files(root, budget, field)
+    return shard_images(files, tar_names(files.names()) if names is None else names, field, size)
+
+
+def shard_names(uri: str, field: str) -> tuple[str, list[str] | None]:
+    """The folder of the shards and their names (None: every .tar in the folder)."""
+    if not is_sharded(uri):
+        return uri, None
+    from braceexpand import braceexpand
+
+    expanded = list(braceexpand(uri))
+    folders = {u.rpartition("/")[0] for u in expanded}
+    if len(folders) != 1 or not all(u.endswith(".tar") for u in expanded):
+        raise SpecError(field, f"expected .tar shards in one folder, got {uri!r}")
+    return folders.pop() or ".", [u.rpartition("/")[2] for u in expanded]
+
+
+def index_shards(files: Files, names: list[str], field: str) -> ShardIndex:
+    """Read the tar headers of every shard (module text)."""
+    shard, offset, length, label = (array.array("q") for _ in range(4))
+    for s, name in enumerate(names):
+        try:
+            samples = _samples(files, name)
+        except (tarfile.TarError, FileNotFoundError) as err:
+            raise SpecError(field, f"shard {name}: {err}") from None
+        for key, (off, n, cls) in samples.items():
+            if off < 0 or cls is None:
+                raise SpecError(field, f"shard {name}: sample {key!r} needs an image and a .cls")
+            shard.append(s)
+            offset.append(off)
+            length.append(n)
+            label.append(cls)
+    return ShardIndex(
+        names,
+        np.frombuffer(shard, dtype=np.int64).astype(np.int32),
+        np.frombuffer(offset, dtype=np.int64).copy(),
+        np.frombuffer(length, dtype=np.int64).copy(),
+        np.frombuffer(label, dtype=np.int64).copy(),
+    )
+
+
+def _samples(files: Files, name: str) -> dict[str, tuple[int, int, int | None]]:
+    """key -> (image offset, image length, label) of one shard; -1: no image yet."""
+    found: dict[str, tuple[int, int, int | None]] = {}
+    with files.open(name) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile() or member.name.rpartition("/")[2].startswith("__"):
+                continue
+            folder, _, base = member.name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            key = f"{folder}/{stem}" if folder else stem
+            off, n, cls = found.get(key, (-1, 0, None))
+            ext = ext.lower()
+            if "." + ext in IMAGE_SUFFIXES:
+                off, n = member.offset_data, member.size
+            elif ext == "cls":
+                extracted = tar.extractfile(member)
+                cls = int(extracted.read()) if extracted is not None else None
+            found[key] = (off, n, cls)
+    return found
