@@ -17,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kubeslim.api.manifest import load_manifest
+from kubeslim.api.spec import ModelOptimizationSpec
 from kubeslim.progress import parse_progress
+from kubeslim.stages.distributed import local_command, world_size
 from kubeslim.stages.pipeline import STAGES, stage_enabled
 from kubeslim.stages.result import StageResult
 from kubeslim.store import open_store
@@ -76,7 +78,7 @@ def run_pipeline(
             task = tasks[stage]
             progress.start_task(task)
             progress.update(task, state="running")
-            run = _run_child(stage, manifest_path, store.root, force, progress, task)
+            run = _run_child(stage, manifest_path, store.root, force, progress, task, spec=spec)
             if run.code != 0:
                 progress.update(task, state="[red]failed[/]")
                 progress.stop()
@@ -104,6 +106,7 @@ def _run_child(
     task: Any,
     extra: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    spec: ModelOptimizationSpec | None = None,
 ) -> StageRun:
     with tempfile.NamedTemporaryFile(prefix=f"kubeslim-{stage}-", suffix=".json") as result_file:
         cmd = [
@@ -124,6 +127,9 @@ def _run_child(
         if force:
             cmd.append("--force")
         cmd.extend(extra)
+        if spec is not None and stage == "prune" and world_size(spec) > 1:
+            # The same entry point on every worker, started by torchrun (gloo on the CPU).
+            cmd = local_command(spec, cmd[3:], sys.executable)
         stderr_tail: deque[str] = deque(maxlen=40)
         with tempfile.TemporaryFile(mode="w+") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -148,6 +154,11 @@ def _show(progress: Progress, task: Any, state: dict[str, Any]) -> None:
         detail += f" loss {state['loss']:.3f}"
     if state.get("accuracy") is not None:
         detail += f" acc {state['accuracy']:.4f}"
+    if state.get("resumedFrom") is not None:
+        detail += f" (resumed at step {state['resumedFrom']})"
+    if state.get("imagesPerSecondPerWorker") is not None:
+        detail += f" {state['imagesPerSecondPerWorker']:,.0f} img/s/worker"
+        detail += f" loader wait {state.get('loaderWaitShare', 0.0):.0%}"
     if state.get("steps"):
         progress.update(task, total=state["steps"], completed=state.get("step", 0))
     progress.update(task, detail=detail)

@@ -48,6 +48,12 @@ class SoftMasks:
         if optimizer is not None:
             self._clear_momentum(optimizer)
 
+    def restore(self, masked: dict[int, list[int]], hard: bool) -> None:
+        """Take masks back from a checkpoint whose weights are already masked."""
+        self.masked = {int(i): sorted(idxs) for i, idxs in masked.items()}
+        self.hard = hard
+        self._rebuild(filters_only=not hard)
+
     def is_masked(self, group: ChannelGroup) -> torch.Tensor:
         """A boolean per root channel."""
         mask = torch.zeros(group.channels, dtype=torch.bool)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -12,7 +14,8 @@ from torch import nn
 
 from kubeslim.api.spec import Masking, PruningSpec
 from kubeslim.errors import SpecError
-from kubeslim.models import training
+from kubeslim.models import ddp, training
+from kubeslim.models.checkpoint import Checkpointer, Position, rng_state, set_rng_state
 from kubeslim.progress import Reporter
 from kubeslim.pruning.graph import PRUNABLE, PruningGraph, build_graph, count
 from kubeslim.pruning.importance import Importance, importance_for
@@ -31,6 +34,10 @@ class PruneReport:
     steps: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
     history: list[Any] = field(default_factory=list)
+    # One entry per rank: digests of its masks and weights before removal.
+    ranks: list[dict[str, str]] = field(default_factory=list)
+    throughput: dict[str, float] = field(default_factory=dict)
+    resumed_from_step: int | None = None
 
 
 @dataclass
@@ -40,6 +47,29 @@ class FineTuneData:
     train: training.Batches
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
+
+
+@dataclass(frozen=True)
+class MaskAction:
+    """Select and mask channels for one step of the schedule."""
+
+    step: int
+    steps: int
+    fraction: float
+    hard: bool
+    last: bool
+    record: bool
+
+
+@dataclass(frozen=True)
+class EpochAction:
+    """One epoch of fine-tuning, then a learning-rate decay."""
+
+    number: int
+    total: int
+
+
+Action = MaskAction | EpochAction
 
 
 class Pruner:
@@ -71,10 +101,41 @@ class Pruner:
         ]
         return ignored + heads[-1:]
 
+    def plan(self, fractions: list[float], epochs: list[int]) -> list[Action]:
+        """The schedule as a flat list, so a checkpoint can name where it stopped."""
+        soft = self.spec.masking is Masking.soft
+        actions: list[Action] = []
+        total, number = sum(epochs), 0
+        for step, (fraction, n_epochs) in enumerate(zip(fractions, epochs, strict=True), 1):
+            last = step == len(fractions)
+            # Soft Filter Pruning re-selects before every epoch; the last step's
+            # choice is final and hard, so fine-tuning ends on the network that
+            # removal leaves.
+            hard = not soft or last
+            selections = 1 if hard else max(1, n_epochs)
+            for selection in range(selections):
+                actions.append(
+                    MaskAction(step, len(fractions), fraction, hard, last, selection == 0)
+                )
+                for _ in range(n_epochs if hard else (1 if n_epochs else 0)):
+                    number += 1
+                    actions.append(EpochAction(number, total))
+        return actions
+
     def run(
-        self, model: nn.Module, example: torch.Tensor, num_classes: int, data: FineTuneData
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        num_classes: int,
+        data: FineTuneData,
+        checkpoints: Checkpointer | None = None,
     ) -> tuple[nn.Module, PruneReport]:
-        """Prune model in place (masked, progressive, fine-tuned), then remove filters."""
+        """Prune model in place (masked, progressive, fine-tuned), then remove filters.
+
+        With many ranks (torchrun) every rank runs this: DDP averages the gradients,
+        rank 0's mask choice is applied everywhere. With checkpoints, the state is
+        saved as the spec says and a stored one is resumed from.
+        """
         report = PruneReport()
         report.flops_before, report.params_before = count(model, example)
         teacher = self._teacher(model, data.device)
@@ -88,34 +149,40 @@ class Pruner:
             else rate_flops(graph, rate, self.spec.round_to)
         )
         fractions = schedule(self.spec.schedule.kind, final or 0.0, self.spec.schedule.steps)
-        epochs = epochs_per_step(self.spec.fine_tune.epochs, self.spec.schedule.steps)
-        soft = self.spec.masking is Masking.soft
+        plan = self.plan(
+            fractions, epochs_per_step(self.spec.fine_tune.epochs, self.spec.schedule.steps)
+        )
         model.to(data.device)
-        opt, sched = training.make_optimizer(model, self.spec.fine_tune)
-        total_epochs, epoch_no = sum(epochs), 0
-        for step, (fraction, n_epochs) in enumerate(zip(fractions, epochs, strict=True), 1):
-            last = step == len(fractions)
-            # Soft Filter Pruning re-selects before every epoch; the last step's
-            # choice is final and hard, so fine-tuning ends on the network that
-            # removal leaves.
-            hard = not soft or last
-            selections = 1 if hard else max(1, n_epochs)
-            for selection in range(selections):
-                self.reporter.phase("mask", step=step, steps=len(fractions))
-                removed = self._mask_step(graph, masks, fraction, hard, opt, last)
-                if selection == 0:
+        opt, sched = training.make_optimizer(model, self.spec.fine_tune, ddp.size())
+        loop = _Loop(self, model, data, opt, sched, masks, teacher, checkpoints)
+        if checkpoints is not None and (state := checkpoints.load(ddp.size())) is not None:
+            loop.restore(state, report)
+        for index in range(loop.position.action, len(plan)):
+            action = plan[index]
+            if isinstance(action, MaskAction):
+                self.reporter.phase("mask", step=action.step, steps=action.steps)
+                removed = self._mask_step(
+                    graph, masks, action.fraction, action.hard, opt, action.last
+                )
+                if action.record:
                     report.steps.append(
                         {
-                            "step": step,
-                            "target": round(fraction, 4),
+                            "step": action.step,
+                            "target": round(action.fraction, 4),
                             "flopsKept": round(1 - graph.reduction(removed), 4),
                         }
                     )
-                for _ in range(n_epochs if hard else (1 if n_epochs else 0)):
-                    epoch_no += 1
-                    self.reporter.phase("fine-tune", epoch=epoch_no, epochs=total_epochs)
-                    self._epoch(model, data, opt, masks, teacher)
-                    sched.step()
+            else:
+                resumed = report.resumed_from_step
+                self.reporter.phase(
+                    "fine-tune",
+                    epoch=action.number,
+                    epochs=action.total,
+                    **({} if resumed is None else {"resumedFrom": resumed}),
+                )
+                loop.epoch(index, report)
+        report.ranks = ddp.gather(_digests(model, masks))
+        report.throughput = loop.throughput()
         self.reporter.phase("remove")
         model.cpu().eval()
         masks.remove()
@@ -126,27 +193,6 @@ class Pruner:
             for g in graph.groups
         ]
         return model, report
-
-    def _epoch(
-        self,
-        model: nn.Module,
-        data: FineTuneData,
-        opt: torch.optim.Optimizer,
-        masks: SoftMasks,
-        teacher: nn.Module | None,
-    ) -> None:
-        training.train_epoch(
-            model,
-            data.train,
-            data.preprocess,
-            opt,
-            data.device,
-            self.reporter,
-            after_step=masks.apply,
-            teacher=teacher,
-            distillation=self.spec.fine_tune.distillation,
-            max_steps=self.spec.fine_tune.max_steps_per_epoch,
-        )
 
     def _teacher(self, model: nn.Module, device: torch.device) -> nn.Module | None:
         if self.spec.fine_tune.distillation <= 0:
@@ -185,6 +231,9 @@ class Pruner:
             if keep_masked:
                 order[masks.is_masked(g)] = -float("inf")
             chosen[g.index] = torch.argsort(order, stable=True)[:n].tolist() if n else []
+        # Every rank computes the same choice from the same weights; rank 0's is
+        # applied everywhere so that no rounding difference can split the masks.
+        chosen = ddp.broadcast(chosen)
         masks.update(chosen, hard=hard, optimizer=optimizer)
         return {i: len(idxs) for i, idxs in chosen.items()}
 
@@ -210,3 +259,154 @@ def _out_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
     return -1
+
+
+def _digests(model: nn.Module, masks: SoftMasks) -> dict[str, str]:
+    """Short hashes of this rank's masks and parameters (ranks must agree on both).
+
+    Buffers are left out: BatchNorm's running statistics differ after the last
+    forward pass (DDP copies rank 0's at the start of each one); rank 0's are saved.
+    """
+    mask_text = repr(sorted((int(i), list(v)) for i, v in masks.masked.items()))
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "masks": hashlib.sha256(mask_text.encode()).hexdigest()[:16],
+        "weights": weights.hexdigest()[:16],
+    }
+
+
+class _Resumed:
+    """The rest of an epoch's batches after a resume skipped the ones already trained."""
+
+    def __init__(self, batches: Iterator[Any], remaining: int) -> None:
+        self.batches = batches
+        self.remaining = remaining
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.batches
+
+    def __len__(self) -> int:
+        return self.remaining
+
+
+class _Loop:
+    """The fine-tuning state a checkpoint saves: weights, optimizer, masks, position, RNG."""
+
+    def __init__(
+        self,
+        pruner: Pruner,
+        model: nn.Module,
+        data: FineTuneData,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        masks: SoftMasks,
+        teacher: nn.Module | None,
+        checkpoints: Checkpointer | None,
+    ) -> None:
+        self.pruner = pruner
+        self.model = model
+        self.replica = ddp.Replicated(model, data.device)
+        self.data = data
+        self.opt = opt
+        self.sched = sched
+        self.masks = masks
+        self.teacher = teacher
+        self.checkpoints = checkpoints
+        self.position = Position()
+        procs = ddp.size() // pruner.spec.distributed.workers
+        self.meter = training.Throughput(processes_per_worker=max(1, procs))
+        self._resume_rng: dict[str, Any] | None = None
+        self._loader_state: torch.Tensor | None = None
+
+    def restore(self, state: dict[str, Any], report: PruneReport) -> None:
+        """Continue where the checkpoint stopped (every rank loads the same file)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.masks.restore(state["masks"]["masked"], state["masks"]["hard"])
+        report.steps[:] = state["reportSteps"]
+        self.position = Position(**state["position"])
+        mine = state["ranks"][ddp.rank()]
+        self._resume_rng = mine["rng"]
+        self._loader_state = mine["loader"]
+        report.resumed_from_step = self.position.global_step
+        self.pruner.reporter.update(resumedFrom=self.position.global_step)
+        print(
+            f"resuming from checkpoint: step {self.position.global_step} "
+            f"(plan action {self.position.action}, batch {self.position.batch})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def epoch(self, index: int, report: PruneReport) -> None:
+        """One fine-tuning epoch (or its rest, when resuming into it), then the LR decay."""
+        loader = self.data.train
+        generator = getattr(loader, "generator", None)
+        if self._loader_state is not None and generator is not None:
+            generator.set_state(self._loader_state)
+        self._loader_state = None
+        epoch_start = generator.get_state() if generator is not None else None
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:  # a distributed sampler: each epoch its own order
+            set_epoch(index)
+        done = self.position.batch if index == self.position.action else 0
+        batches: Any = loader
+        if done:
+            it = iter(loader)
+            for _ in range(done):  # the batches trained before the interruption
+                next(it)
+            batches = _Resumed(it, len(loader) - done)
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+        spec = self.pruner.spec.fine_tune
+
+        def on_step(step: int) -> None:
+            self.position = Position(index, step, self.position.global_step + 1)
+            if self.checkpoints and self.checkpoints.due(self.position.global_step, False):
+                self.save(report, epoch_start)
+
+        training.train_epoch(
+            self.replica.training_model(),
+            batches,
+            self.data.preprocess,
+            self.opt,
+            self.data.device,
+            self.pruner.reporter,
+            after_step=self.masks.apply,
+            teacher=self.teacher,
+            distillation=spec.distillation,
+            max_steps=spec.max_steps_per_epoch,
+            done=done,
+            on_step=on_step,
+            meter=self.meter,
+        )
+        self.sched.step()
+        self.position = Position(index + 1, 0, self.position.global_step)
+        if self.checkpoints and self.checkpoints.due(self.position.global_step, True):
+            self.save(report, generator.get_state() if generator is not None else None)
+
+    def save(self, report: PruneReport, loader_state: torch.Tensor | None) -> None:
+        """A checkpoint of this moment; loader_state restarts the position's epoch."""
+        assert self.checkpoints is not None
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "masks": {"masked": self.masks.masked, "hard": self.masks.hard},
+            "reportSteps": report.steps,
+            "position": asdict(self.position),
+        }
+        self.checkpoints.save(state, {"rng": rng_state(), "loader": loader_state})
+
+    def throughput(self) -> dict[str, float]:
+        """Images per second per worker and the loader wait share, over every rank."""
+        rates = ddp.gather((self.meter.images_per_second(), self.meter.loader_wait_share()))
+        workers = self.pruner.spec.distributed.workers
+        return {
+            "imagesPerSecondPerWorker": round(sum(r for r, _ in rates) / workers, 1),
+            "loaderWaitShare": round(sum(w for _, w in rates) / len(rates), 4),
+        }

@@ -141,6 +141,11 @@ def run_stage(
         store.delete(key)
         started = time.monotonic()
         output = stage_function(name)(ctx)
+        from kubeslim.stages.distributed import current_rank
+
+        if not current_rank().main:
+            # A torchrun job's other ranks only trained: rank 0 publishes and commits.
+            return StageResult(stage=name, fingerprint=fp, outputs={}, result_uri=key)
         outputs = _publish(store, f"{name}/{fp[:16]}", output)
         # Keys relative to the artifacts root: a reader with another mount point or
         # endpoint resolves them against its own root, and the compact result stays
@@ -215,6 +220,10 @@ def run_stage_command(
             failure["field"] = err.field
         _write(result_file, json.dumps(failure)[:3500])
         raise
+    from kubeslim.stages.distributed import current_rank
+
+    if not current_rank().main:
+        return 0  # rank 0 reports the job's result
     compact = result.compact()
     _write(result_file, compact)
     state = "reused" if result.reused else f"done in {result.duration_seconds:.1f}s"
