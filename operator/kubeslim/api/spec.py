@@ -191,9 +191,11 @@ class DatasetSpec(ApiModel):
     )
     uri: Uri | None = Field(
         default=None,
-        description="uri is an ImageFolder tree (one folder per class). With train/ and val/ "
-        "sub-folders, val/ is the test split; otherwise validationFraction of it is held out "
-        "as the test split.",
+        description="uri is an ImageFolder tree (one folder per class) or WebDataset tar "
+        "shards (a brace pattern such as train-{000000..000099}.tar, one .tar, or a folder of "
+        ".tar files; see testUri), on a path, a volume or s3://. An ImageFolder with train/ "
+        "and val/ sub-folders has val/ as the test split; otherwise validationFraction of it "
+        "is held out as the test split.",
     )
     resize: int | None = Field(
         default=None,

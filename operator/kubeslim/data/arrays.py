@@ -53,13 +53,13 @@ class Picked:
     """Some items of a source, in the given order (one split of it)."""
 
     source: ImageSource
-    idx: list[int]
+    idx: np.ndarray  # not a list: 1M Python ints would be copied into every loader worker
 
     def __len__(self) -> int:
         return len(self.idx)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.source[self.idx[i]]
+        return self.source[int(self.idx[i])]
 
 
 @dataclass
@@ -115,7 +115,7 @@ def take(source: ImageSource, idx: np.ndarray) -> ImageSource:
     """The images at idx: arrays sliced in memory, anything else picked lazily."""
     if isinstance(source, ImageArrays):
         return ImageArrays(source.images[idx], source.labels[idx])
-    return Picked(source, [int(i) for i in idx])
+    return Picked(source, np.asarray(idx, dtype=np.int64))
 
 
 def batches(source: ImageSource, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

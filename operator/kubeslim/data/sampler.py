@@ -59,13 +59,14 @@ class ShareSampler(Sampler[Key]):
         """The indices this rank reads in an epoch, in order."""
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.n, generator=gen).tolist()
+            order = torch.randperm(self.n, generator=gen)
             total = -(-self.n // self.world_size) * self.world_size
-            while len(order) < total:  # DistributedSampler's padding
-                order += order[: total - len(order)]
+            if total > self.n:  # DistributedSampler's padding: repeat the head
+                order = torch.cat([order, order.repeat(-(-total // self.n))[: total - self.n]])
         else:
-            order = list(range(self.n))
-        return order[self.rank :: self.world_size]
+            order = torch.arange(self.n)
+        share: list[int] = order[self.rank :: self.world_size].tolist()
+        return share
 
     def __len__(self) -> int:
         if self.shuffle:
@@ -78,5 +79,5 @@ class ShareSampler(Sampler[Key]):
             self.epoch += 1
         share = self.share(epoch)
         if self.keyed:
-            return iter([(i, epoch) for i in share])
+            return ((i, epoch) for i in share)
         return iter(share)
