@@ -4,6 +4,7 @@ within a bounded cache (issue 9 item 3)."""
 from __future__ import annotations
 
 import io
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,24 @@ def test_s3_webdataset_shards_train_and_evaluate(bucket: str, tmp_path: Path) ->
     assert train_and_evaluate(spec) >= 0.9
     # Samples are ranged GETs: the shards are never copied to local disk.
     assert not any((tmp_path / "cache").rglob("*.tar"))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_members_agree_with_tarfile(tmp_path: Path, fmt: int) -> None:
+    from kubeslim.data.shards import tar_members
+
+    path = tmp_path / "shard.tar"
+    names = ["a.jpg", "a.cls", "deep/" * 20 + "b.jpg", "x" * 120 + ".png", "émoji.cls"]
+    if fmt == tarfile.USTAR_FORMAT:
+        names = [n for n in names if len(n) < 100 and n.isascii()]
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            data = bytes([i]) * (100 * i + 1)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1.5  # not an integer: pax writes a record for it
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+    with open(path, "rb") as fh:
+        assert list(tar_members(fh)) == expected
