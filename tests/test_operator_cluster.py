@@ -4,23 +4,20 @@ The operator runs as a subprocess (`python -m kubeslim operator`) under a
 ServiceAccount that has exactly the API access docs/operator.md lists, so these
 tests also prove that table sufficient.
 
-Most tests run a stand-in stage command: this file itself, run as a script,
-follows the stage contract (progress lines on stdout, result.json in the
-artifacts, the compact StageResult as termination message, exit 1 with
-"error: ..." on failure) and takes its orders from a control.json the test
-puts in the resource's artifacts folder, so a test can hold a stage running
-(until a release file appears) or make it fail, without timing. The full
-pipeline test runs the real `kubeslim stage` on the digits dataset.
+Most tests run the stand-in stage (tests/cluster/standin.py, in its image on the
+real node: the `standin_stage` fixture): it follows the stage contract and takes
+its orders from a control.json the test puts in the resource's artifacts folder
+(a claim the stage Pods mount), so a test can hold a stage running (until a
+release file appears) or make it fail, without timing. The full pipeline test
+runs the real `kubeslim stage` on the digits dataset in the trainer and runtime
+images.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +27,7 @@ from typing import Any
 import pytest
 
 from kubeslim.api.spec import BenchmarkSpec
+from tests.cluster.plugin import StandIn
 from tests.cluster.rig import free_port
 
 pytestmark = pytest.mark.cluster
@@ -71,66 +69,18 @@ SPEC: dict[str, Any] = {
 }
 
 
-# --- the stand-in stage (this file run as a script) ------------------------------------
-
-
-def standin_stage(argv: list[str]) -> int:
-    """`<this file> stage NAME --spec-json J --artifacts DIR --result-file F --progress log`."""
-    from tests.cluster.standin import commit_result
-
-    stage = argv[1]
-    opts = dict(zip(argv[2::2], argv[3::2], strict=False))
-    artifacts = Path(opts["--artifacts"])
-    control = json.loads((artifacts / "control.json").read_text())
-    for step in range(1, 4):
-        progress = {"phase": "work", "step": step, "steps": 3, "loss": 1.0 / step}
-        print("KUBESLIM_PROGRESS " + json.dumps(progress), flush=True)
-    if stage in control.get("gate", []):
-        release = artifacts / f"release-{stage}"
-        while not release.exists():
-            time.sleep(0.1)
-    if stage in control.get("fail", {}):
-        print(f"error: {control['fail'][stage]}", file=sys.stderr, flush=True)
-        return 1
-    if stage in control.get("bad_input", {}):
-        # What `kubeslim stage` does on bad input: the error as termination message, exit 2.
-        error = control["bad_input"][stage]
-        Path(opts["--result-file"]).write_text(json.dumps({"stage": stage, "error": error}))
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
-    if stage in control.get("transient", []):
-        tried = artifacts / f"tried-{stage}"
-        if not tried.exists():  # the first try meets an S3 hiccup: exit 75, retried
-            tried.touch()
-            print("error: cannot reach the S3 endpoint", file=sys.stderr, flush=True)
-            return 75
-    outputs = {
-        "prune": {"model": "model.pt"},
-        "convert": {"onnx": "model.onnx", "ir": "model.xml"},
-        "quantize": {"int8_ir": "int8.xml"},
-        "benchmark": {"report": "report.json"},
-    }[stage]
-    metrics: dict[str, Any] = {}
-    if stage == "benchmark":
-        metrics = {
-            "baseline": {"accuracy": 0.9, "throughputFps": 100.0, "sizeBytes": 4000},
-            "optimized": {"accuracy": 0.89, "throughputFps": 300.0, "sizeBytes": 1000},
-        }
-    return commit_result(stage, artifacts, opts["--result-file"], outputs, metrics)
-
-
 # --- fixtures -------------------------------------------------------------------------
 
 
 class Env:
     """The namespace, API clients and the running operator of this module."""
 
-    def __init__(self, cluster: Any, namespace: str, work: Path) -> None:
+    def __init__(self, cluster: Any, namespace: str, standin: StandIn) -> None:
         from kubernetes import client
 
         self.cluster = cluster
         self.namespace = namespace
-        self.work = work
+        self.standin = standin
         # What the stage Pods see at ARTIFACTS_PATH: one claim, shared by every Pod.
         self.artifacts = cluster.pvc_dir(namespace, ARTIFACTS_CLAIM)
         api = cluster.api_client()
@@ -140,17 +90,7 @@ class Env:
         self.ext = client.ApiextensionsV1Api(api)
         self.operator: Any = None
         self.metrics_port = 0
-        self.stage_command = str(self._standin_wrapper())
         self.kubeconfig = self._operator_identity()
-
-    def _standin_wrapper(self) -> Path:
-        wrapper = self.work / "kubeslim-standin"
-        # PYTHONPATH: the stand-in imports tests.cluster.standin.
-        wrapper.write_text(
-            f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {Path(__file__).resolve()} "$@"\n'
-        )
-        wrapper.chmod(0o755)
-        return wrapper
 
     def _operator_identity(self) -> Path:
         name = "kubeslim-operator"
@@ -180,12 +120,13 @@ class Env:
         )
         return Path(self.cluster.service_account_kubeconfig(OPERATOR_NS, name))
 
-    def start_operator(self, stage_command: str | None = None, max_concurrent: int = 1) -> None:
+    def start_operator(self, stages: dict[str, str] | None = None, max_concurrent: int = 1) -> None:
+        """`stages`: the stage images and command (KUBESLIM_*), the stand-in's by default."""
         port = free_port()
         self.metrics_port = free_port()
         env = {
+            **(stages or self.standin.operator_env()),
             "KUBESLIM_METRICS_PORT": str(self.metrics_port),
-            "KUBESLIM_STAGE_COMMAND": stage_command or self.stage_command,
             "KUBESLIM_PROGRESS_INTERVAL": "1",
             "KUBESLIM_MAX_CONCURRENT": str(max_concurrent),
             "KUBESLIM_HEALTH_PORT": str(port),
@@ -218,9 +159,7 @@ class Env:
         control: dict[str, Any],
         artifacts: dict[str, Any] | None = None,
     ) -> None:
-        folder = self.artifacts / self.namespace / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "control.json").write_text(json.dumps(control))
+        self.standin.prepare(self.artifacts, self.namespace, name, control)
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ModelOptimization",
@@ -309,11 +248,11 @@ def _wait(
 
 
 @pytest.fixture(scope="module")
-def env(k8s_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(k8s_cluster: Any, standin_stage: StandIn) -> Iterator[Env]:
     k8s_cluster.apply(CRD_FILE)
     namespace = "mopt-tests"
     k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    environment = Env(k8s_cluster, namespace, tmp_path_factory.mktemp("operator"))
+    environment = Env(k8s_cluster, namespace, standin_stage)
     environment.start_operator()
     try:
         yield environment
@@ -654,13 +593,11 @@ def test_suspend_resume_retry_and_cancel(env: Env) -> None:
 
 
 @pytest.mark.slow
-def test_full_pipeline_on_digits_with_the_real_stages(env: Env) -> None:
-    if importlib.util.find_spec("kubeslim.stages.runner") is None:
-        pytest.skip("`kubeslim stage` is not implemented yet (kubeslim.stages.runner)")
-    kubeslim = shutil.which("kubeslim", path=str(Path(sys.executable).parent))
-    assert kubeslim, "the kubeslim console script is not installed"
+def test_full_pipeline_on_digits_with_the_real_stages(
+    env: Env, real_stages: dict[str, str]
+) -> None:
     env.stop_operator()
-    env.start_operator(stage_command=kubeslim)
+    env.start_operator(real_stages)
     try:
         spec = {
             "model": {
@@ -722,10 +659,3 @@ def _try_create(env: Env, name: str, spec: dict[str, Any]) -> bool:
 def _names(env: Env) -> list[str]:
     items = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL)
     return [i["metadata"]["name"] for i in items["items"]]
-
-
-if __name__ == "__main__":
-    # The stand-in stage: `kubeslim-standin stage NAME ...` (see standin_stage).
-    sys.path.insert(0, str(ROOT / "operator"))
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(standin_stage(sys.argv[1:]))

@@ -1,24 +1,21 @@
 """A search on the real control plane: candidates as parallel Jobs, the operator killed
 (SIGKILL) mid-search, and no finished candidate lost or run twice.
 
-The stages are a stand-in (this file run as a script), as in test_operator_cluster.py:
-it follows the stage contract, writes a candidate's result under
-candidates/<name>/<stage>/, and holds a stage while control.json gates it.
+The stages are the stand-in (tests/cluster/standin.py, in its image on the real node),
+as in test_operator_cluster.py: it follows the stage contract, writes a candidate's
+result under candidates/<name>/<stage>/, and holds a stage while control.json gates it.
 """
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_operator_cluster import CRD_FILE, ROOT, Env, _wait
+from tests.cluster.plugin import StandIn
+from tests.test_operator_cluster import CRD_FILE, Env, _wait
 
 pytestmark = pytest.mark.cluster
 
@@ -31,50 +28,12 @@ SPEC: dict[str, Any] = {
 OUTPUTS = {"prune": "model.pt", "convert": "model.xml", "quantize": "model_int8.xml"}
 
 
-def standin_stage(argv: list[str]) -> int:
-    """`<this file> stage NAME --spec-json J --artifacts DIR ... [--candidate C]`."""
-    from tests.cluster.standin import commit_result
-
-    stage = argv[1]
-    opts = dict(zip(argv[2::2], argv[3::2], strict=False))
-    root = Path(opts["--artifacts"])
-    control = json.loads((root / "control.json").read_text())
-    candidate = opts.get("--candidate", "")
-    gate = f"{stage}-{candidate}" if candidate else stage
-    if gate in control.get("gate", []):
-        while not (root / f"release-{gate}").exists():
-            time.sleep(0.1)
-    if candidate:
-        folder = root / "candidates" / candidate
-        done = root / "done"
-        done.mkdir(exist_ok=True)
-        with (done / f"{stage}-{candidate}").open("a") as runs:  # one line per run
-            runs.write("ran\n")
-        return commit_result(stage, folder, opts["--result-file"], {"out": OUTPUTS[stage]}, {})
-    targets = json.loads(opts["--spec-json"])["search"]["targets"]
-    rows = [
-        {"name": f"t{round(t * 10000):04d}", "target": t, "round": 0, "state": "Measured",
-         "accuracyDrop": 4 * t, "speedup": 1 + 2 * t, "withinBudget": 4 * t <= 2.0}
-        for t in targets
-    ]  # fmt: skip
-    metrics = {"outcome": "Selected", "chosen": "t5000", "candidates": rows, "nextRound": [],
-               "message": "chose t5000"}  # fmt: skip
-    return commit_result(stage, root, opts["--result-file"], {"report": "report.html"}, metrics)
-
-
 @pytest.fixture(scope="module")
-def env(k8s_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(k8s_cluster: Any, standin_stage: StandIn) -> Iterator[Env]:
     k8s_cluster.apply(CRD_FILE)
     namespace = "mopt-search"
     k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    work = tmp_path_factory.mktemp("search-operator")
-    environment = Env(k8s_cluster, namespace, work)
-    wrapper = work / "kubeslim-search-standin"
-    wrapper.write_text(
-        f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {Path(__file__).resolve()} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    environment.stage_command = str(wrapper)
+    environment = Env(k8s_cluster, namespace, standin_stage)
     environment.start_operator()
     try:
         yield environment
@@ -118,7 +77,3 @@ def test_killing_the_operator_mid_search_loses_no_finished_candidate(env: Env) -
     assert {c["name"] for c in status["search"]["candidates"]} == {"t3000", "t5000", "t7000"}
     assert status["search"]["chosenSpeedup"] == "2.00x"
     env.delete("search")
-
-
-if __name__ == "__main__":
-    raise SystemExit(standin_stage(sys.argv[1:]))

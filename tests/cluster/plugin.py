@@ -1,28 +1,33 @@
 """pytest plugin: the `k8s_cluster` fixture and its options.
 
 Without options the session starts the rig (tests/cluster/rig.py) the first
-time a test asks for `k8s_cluster` and stops it at the end; its node is the
-fake kubelet (Pods run as local processes, images ignored). `--node=real`
-gives the rig a real node instead (tests/cluster/node.py: containerd,
-kubelet, kube-proxy, kube-scheduler; Pods run their images), and
-`--node-images=operator,runtime` builds those of the project's images
-(tests/images/build.py) and imports them into that node for the
-`project_images` fixture. With
-`--kubeconfig PATH` the tests use that cluster instead (kind, k3s, a cloud
-cluster): no fake kubelet, so its Pods run their real images.
+time a test asks for `k8s_cluster` and stops it at the end, with a real node
+(tests/cluster/node.py: containerd, kubelet, kube-proxy, kube-scheduler; Pods
+run their images; needs root). The project's images (tests/images/build.py,
+cached by input hash) are built and imported on first use: `project_images`
+for the operator, runtime and trainer images (`--node-images=KINDS` narrows
+them, `--node-images=` skips the tests that need them), `standin_stage` for
+the cluster tests' stand-in stage image. `--node=fake` gives the rig the
+simulated kubelet instead (Pods run as local processes of the checkout,
+images ignored; no root needed): a developer's quick loop, not what CI runs.
+With `--kubeconfig PATH` the tests use that cluster instead (kind, k3s, a
+cloud cluster).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -45,16 +50,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store",
         choices=("fake", "real"),
         default=os.environ.get("KUBESLIM_TEST_NODE", "fake"),
-        help="the test control plane's node: fake (Pods as local processes, the default) or "
-        "real (containerd + kubelet; needs root, runc and the CNI plugins)",
+        help="the test control plane's node: real (containerd + kubelet, the default; needs "
+        "root, runc and the CNI plugins) or fake (Pods as local processes of the checkout)",
     )
     parser.addoption(
         "--node-images",
         action="store",
-        default="",
+        default=os.environ.get("KUBESLIM_NODE_IMAGES", "all"),
         metavar="KINDS",
-        help="build these of the project's images (comma-separated: operator,runtime,trainer; "
-        "'all' for the three) and import them into the real node (the project_images fixture)",
+        help="the project's images the project_images fixture builds and imports into the real "
+        "node (comma-separated: operator,runtime,trainer; 'all', the default, for the three; "
+        "empty skips the tests that need them)",
     )
 
 
@@ -134,7 +140,7 @@ def project_images(request: pytest.FixtureRequest) -> dict[str, str]:
     node: those named by --node-images."""
     option = str(request.config.getoption("--node-images"))
     if not option:
-        pytest.skip("needs the project's images: run with --node=real --node-images=KINDS")
+        pytest.skip("needs the project's images: run with --node-images=KINDS")
     if request.config.getoption("--node") != "real" or request.config.getoption("--kubeconfig"):
         pytest.skip("--node-images imports into the rig's real node: add --node=real")
     from tests.images.build import DEFAULT_KINDS, build_lock, images
@@ -150,3 +156,76 @@ def project_images(request: pytest.FixtureRequest) -> dict[str, str]:
             cluster.node.images.import_archive(Path(built.archive), built.tag)
             tags[kind] = built.tag
     return tags
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """The stand-in stage (tests/cluster/standin.py) as the operator's stage image and
+    command (KUBESLIM_TRAINER_IMAGE, KUBESLIM_RUNTIME_IMAGE, KUBESLIM_STAGE_COMMAND)."""
+
+    image: str
+    command: str
+
+    def operator_env(self) -> dict[str, str]:
+        return {
+            "KUBESLIM_TRAINER_IMAGE": self.image,
+            "KUBESLIM_RUNTIME_IMAGE": self.image,
+            "KUBESLIM_IMAGE_PULL_POLICY": "Never",
+            "KUBESLIM_STAGE_COMMAND": self.command,
+        }
+
+    @staticmethod
+    def prepare(claim_dir: Path, namespace: str, name: str, control: dict[str, Any]) -> Path:
+        """Write a resource's control.json where its stage Pods find it (<claim>/<namespace>/
+        <name>), each folder writable by the stages' user (10001) as well as by the tests."""
+        folder = claim_dir
+        for part in (namespace, name):
+            folder = folder / part
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o777)
+        (folder / "control.json").write_text(json.dumps(control))
+        return folder
+
+
+@pytest.fixture(scope="session")
+def standin_stage(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> StandIn:
+    """On the real node: the stand-in image (a thin layer on the runtime image, built by
+    tests/images/build.py and imported); on the fake node: the script run by the
+    checkout's Python (the image is ignored there)."""
+    cluster: Cluster = request.getfixturevalue("k8s_cluster")
+    if cluster.node is not None:
+        from tests.images.build import build_lock, standin_image
+
+        with build_lock():  # as project_images: no build replaces the archive mid-import
+            built = standin_image()
+            cluster.import_image(Path(built.archive), built.tag)
+        return StandIn(built.tag, "kubeslim-standin")
+    if not cluster.is_rig:
+        pytest.skip("the stand-in stage image is imported into the rig's node, not pushed")
+    wrapper = tmp_path_factory.mktemp("standin") / "kubeslim-standin"
+    script = Path(__file__).with_name("standin.py")
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    wrapper.chmod(0o755)
+    return StandIn("localhost/kubeslim/standin:fake-node", str(wrapper))
+
+
+@pytest.fixture(scope="session")
+def real_stages(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The operator settings (KUBESLIM_*) that run the real `kubeslim stage`: the trainer
+    and runtime images on the real node, the checkout's console script on the fake one."""
+    cluster: Cluster = request.getfixturevalue("k8s_cluster")
+    if cluster.node is None:
+        if not cluster.is_rig:
+            pytest.skip("the project's stage images are imported into the rig's node")
+        bin_dir = Path(sys.executable).parent
+        return {"KUBESLIM_STAGE_COMMAND": str(bin_dir / "kubeslim")}
+    images: dict[str, str] = request.getfixturevalue("project_images")
+    if not {"trainer", "runtime"} <= set(images):
+        pytest.skip("needs the trainer and runtime images: --node-images=all")
+    return {
+        "KUBESLIM_TRAINER_IMAGE": images["trainer"],
+        "KUBESLIM_RUNTIME_IMAGE": images["runtime"],
+        "KUBESLIM_IMAGE_PULL_POLICY": "Never",
+    }

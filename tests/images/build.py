@@ -17,6 +17,7 @@ keeps its layers, and an image's previous build is removed only after the new on
 tagged, so the final stage's layers it shares stay cached.
 
     python -m tests.images.build [operator runtime trainer trainer-cu12]   # prints JSON
+    python -m tests.images.build standin   # the cluster tests' stand-in stage image
 """
 
 from __future__ import annotations
@@ -264,11 +265,7 @@ def _build(kind: str) -> BuiltImage:
         # Only now: until the new image is tagged, the old one keeps the layers it shares.
         drop_stale_images(ref)
         drop_stale_builders(kind, builder_ref(kind, base))
-    if not archive.exists():
-        partial = archive.with_suffix(".partial")
-        partial.unlink(missing_ok=True)
-        run([*PODMAN, "save", "--format", "docker-archive", "-o", str(partial), ref])
-        partial.rename(archive)
+    _save_archive(ref, archive)
     return BuiltImage(
         kind=kind,
         tag=ref,
@@ -394,6 +391,62 @@ def image_size(ref: str) -> int:
     return int(out.strip())
 
 
+STANDIN_DOCKERFILE = Path("tests/images/standin.Dockerfile")
+STANDIN_FILES = (Path("tests/cluster/standin.py"),)
+
+
+def standin_ref(runtime_ref: str) -> str:
+    """The stand-in image's tag: a hash of its Dockerfile, the runtime image under it and
+    the stand-in script."""
+    h = hashlib.sha256()
+    for rel in (STANDIN_DOCKERFILE, *STANDIN_FILES):
+        h.update(str(rel).encode() + b"\0" + (ROOT / rel).read_bytes() + b"\0")
+    h.update(json.dumps([runtime_ref, image_id(runtime_ref)]).encode())
+    return f"{REPOSITORY}/standin:{h.hexdigest()[:DIGEST_CHARS]}"
+
+
+def standin_image() -> BuiltImage:
+    """The cluster tests' stand-in stage (tests/cluster/standin.py as `kubeslim-standin`)
+    as one thin layer on the runtime image, which is built first if the cache lacks it."""
+    with build_lock():
+        runtime = _build("runtime")
+        ref = standin_ref(runtime.tag)
+        archive = archive_path(ref)
+        started = time.monotonic()
+        built = not image_id(ref)
+        if built:
+            drop_stale_archives(ref)
+            with tempfile.TemporaryDirectory(prefix="kubeslim-standin-") as tmp:
+                context = Path(tmp)
+                for rel in STANDIN_FILES:
+                    (context / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / rel, context / rel)
+                run([*PODMAN, "build", *ULIMITS, "--layers=true", "--force-rm",
+                     "-f", str(ROOT / STANDIN_DOCKERFILE),
+                     "--build-arg", f"RUNTIME_IMAGE={runtime.tag}", "-t", ref, str(context)],
+                    stdout=subprocess.DEVNULL)  # fmt: skip
+            drop_stale_images(ref)
+        _save_archive(ref, archive)
+        return BuiltImage(
+            kind="standin",
+            tag=ref,
+            archive=archive,
+            size_bytes=image_size(ref),
+            archive_bytes=archive.stat().st_size,
+            built=built,
+            seconds=round(time.monotonic() - started, 1),
+        )
+
+
+def _save_archive(ref: str, archive: Path) -> None:
+    """The docker-archive a node imports, written once per image."""
+    if not archive.exists():
+        partial = archive.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        run([*PODMAN, "save", "--format", "docker-archive", "-o", str(partial), ref])
+        partial.rename(archive)
+
+
 def images(kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[str, BuiltImage]:
     """The built images by kind, building what the cache lacks. The node's setup imports
     `images()[kind].archive` and runs `images()[kind].tag`."""
@@ -402,6 +455,13 @@ def images(kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[str, BuiltImage]:
 
 def main(argv: list[str]) -> int:
     kinds = tuple(argv) or DEFAULT_KINDS
+    if kinds == ("standin",):
+        try:
+            print(json.dumps(asdict(standin_image()), indent=2, default=str))
+        except BuildError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     unknown = [k for k in kinds if k not in FLAVOURS]
     if unknown:
         print(f"unknown image {unknown[0]!r}: expected one of {', '.join(FLAVOURS)}")
