@@ -137,7 +137,10 @@ def test_the_api_server_persists_every_spec_default() -> None:
     assert props["pruning"]["properties"]["target"]["default"] == {"filterRate": 0.3}
     assert props["model"]["properties"]["numClasses"]["default"] == 1000
     assert props["execution"]["properties"]["ttlSecondsAfterFinished"]["default"] == 86400
-    assert props["artifacts"]["default"] == {"uri": "./artifacts"}
+    assert props["artifacts"]["default"] == {
+        "uri": "./artifacts",
+        "retention": {"keepFingerprints": 2, "keepShared": 16, "deleteOnResourceDeletion": False},
+    }
     assert "default" not in props["model"]["properties"]["checkpoint"]  # None: no default
     for path, node in _nodes(_schema()["properties"]["status"], "status"):
         assert "default" not in node, f"{path}: status has no defaults"

@@ -146,10 +146,13 @@ def test_handlers_register() -> None:
     rt = Runtime(config=OperatorConfig(), kube=None, table=SlotTable(1))  # type: ignore[arg-type]
     register(registry, rt)
     ids = {h.id for h in registry._changing.get_all_handlers()}
-    assert {"create", "update/spec", "resume", "release"} <= ids
+    assert {"create", "update/spec", "resume", "release", "artifacts"} <= ids
     assert [h.id for h in registry._spawning.get_all_handlers()] == ["progress"]
     assert [h.id for h in registry._watching.get_all_handlers()] == ["job"]
-    assert [h.id for h in registry._indexing.get_all_handlers()] == ["running_optimizations"]
+    assert [h.id for h in registry._indexing.get_all_handlers()] == [
+        "running_optimizations",
+        "shared_stages",
+    ]
 
 
 def test_free_slots_go_to_the_waiting_in_arrival_order() -> None:

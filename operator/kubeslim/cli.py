@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     stage.set_defaults(func=_cmd_stage)
 
+    clean = sub.add_parser(
+        "clean", help="delete every artifact below a URI (what the cleanup Job runs)"
+    )
+    clean.add_argument("--artifacts", required=True, help="the resource's artifacts root")
+    clean.set_defaults(func=_cmd_clean)
+
     report = sub.add_parser("report", help="write (or open) the HTML report of a search")
     report.add_argument("manifest", help="the ModelOptimization manifest that ran")
     report.add_argument("--artifacts", help="artifacts URI, overriding spec.artifacts.uri")
@@ -125,6 +131,15 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         force=args.force,
         candidate=args.candidate,
     )
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from kubeslim.store import open_store
+    from kubeslim.store.shared import delete_tree
+
+    store = open_store(args.artifacts)
+    print(f"deleted {delete_tree(store)} artifacts below {store.root}")
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -593,6 +593,38 @@ class ArtifactsVolume(ApiModel):
     )
 
 
+class RetentionSpec(ApiModel):
+    """How long stage outputs stay in the artifacts store."""
+
+    keep_fingerprints: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="keepFingerprints is how many fingerprints (input versions) of each stage "
+        "keep their outputs under the resource's artifacts root, newest first; older ones are "
+        "deleted after the stage succeeds. The default 2 keeps the current outputs and the ones "
+        "they replaced, so undoing the last spec edit reuses instead of recomputing and the model "
+        "before the edit can still be compared. 0 keeps every fingerprint.",
+    )
+    keep_shared: int = Field(
+        default=16,
+        ge=0,
+        le=100000,
+        description="keepShared is how many entries of each stage the shared cache "
+        "(<artifacts.uri>/cache, content-addressed, used by every resource with the same "
+        "artifacts.uri) keeps, newest first, pruned after a stage of this resource succeeds. "
+        "0 keeps every entry.",
+    )
+    delete_on_resource_deletion: bool = Field(
+        default=False,
+        description="deleteOnResourceDeletion true makes the operator delete the resource's own "
+        "artifacts (<uri>/<namespace>/<name>/) when the resource is deleted, through a cleanup "
+        "Job with the stage Pods' credentials and volume; a failure is reported as an Event and "
+        "deletion goes on. The shared cache is never deleted with a resource (other resources "
+        "may reuse it). Ignored by kubeslim run.",
+    )
+
+
 class ArtifactsSpec(ApiModel):
     """Where stage outputs go."""
 
@@ -613,6 +645,11 @@ class ArtifactsSpec(ApiModel):
         max_length=253,
         description="credentialsSecret names a Secret whose keys become the stage Pods' "
         "environment (for S3 credentials). The operator never reads it.",
+    )
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec,
+        description="retention says which outputs are kept and whether they go with the "
+        "resource.",
     )
 
 

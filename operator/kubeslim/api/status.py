@@ -130,6 +130,12 @@ class StageStatus(ApiModel):
     result_uri: str | None = Field(
         default=None, max_length=1024, description="resultUri of its result.json."
     )
+    cache_key: str | None = Field(
+        default=None,
+        max_length=160,
+        description="cacheKey of the stage's entry in the shared cache (<stage>/<sha256> below "
+        "<artifacts.uri>/cache), which resources with the same inputs reuse.",
+    )
     progress: Progress | None = Field(default=None, description="progress while running.")
 
 

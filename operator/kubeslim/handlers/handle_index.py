@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubeslim.api.status import State
+from kubeslim.planner.shared import IndexKey, shared_stages
 
 
 def running_optimizations(
@@ -18,6 +19,14 @@ def running_optimizations(
     if status.get("state") == State.running:
         return {"running": f"{namespace}/{name}"}
     return {}
+
+
+def shared_stage_results(
+    namespace: str | None, name: str | None, spec: Any, status: Any, **_: Any
+) -> dict[IndexKey, Any]:
+    """Index (artifacts.uri, stage, fingerprint) -> where its finished result is shared,
+    for each stage of a resource that other resources with the same inputs may reuse."""
+    return shared_stages(namespace or "", name or "", spec, status)
 
 
 def running_keys(index: Any) -> list[str]:

@@ -31,7 +31,14 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     config = rt.config
 
     def bound(fn: Any) -> Any:
-        return functools.partial(fn, rt=rt)
+        @functools.wraps(fn)
+        def call(**kwargs: Any) -> Any:
+            # kopf hands every handler its live indexes; kept on the runtime so that any
+            # reconcile (one woken from the queue too) sees what other resources share.
+            rt.shared_index = kwargs.get("shared_stages", rt.shared_index)
+            return fn(rt=rt, **kwargs)
+
+        return call
 
     # A fresh registry has no login handler: use the kubernetes client's own config
     # (in-cluster token, else $KUBECONFIG), as the operator's own calls do.
@@ -40,6 +47,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     kopf.index(*MOPT, registry=registry, id="running_optimizations")(
         handle_index.running_optimizations
     )
+    kopf.index(*MOPT, registry=registry, id="shared_stages")(handle_index.shared_stage_results)
     change = bound(handle_change_optimization.on_change)
     kopf.on.create(*MOPT, registry=registry, id="create")(change)
     kopf.on.update(*MOPT, registry=registry, id="update", field="spec")(change)
@@ -47,6 +55,9 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     kopf.on.delete(*MOPT, registry=registry, id="release", optional=True)(
         bound(handle_delete_optimization.on_delete)
     )
+    kopf.on.delete(
+        *MOPT, registry=registry, id="artifacts", when=handle_delete_optimization.wants_cleanup
+    )(bound(handle_delete_optimization.on_delete_artifacts))
     kopf.timer(
         *MOPT,
         registry=registry,

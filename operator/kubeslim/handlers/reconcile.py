@@ -40,8 +40,10 @@ from kubeslim.handlers.observe import (
     with_blocker,
 )
 from kubeslim.planner import Action, JobPhase, ObservedJob, Plan, PlanInput, Slots, plan
+from kubeslim.planner.model import SharedStage
 from kubeslim.planner.plan import invalid_spec_plan
 from kubeslim.planner.policy import Allowed
+from kubeslim.planner.shared import shared_for
 from kubeslim.planner.status import stage_entry, with_progress
 from kubeslim.stages.pipeline import spec_fingerprints
 
@@ -100,6 +102,7 @@ class Runtime:
     kube: Kube
     table: SlotTable
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    shared_index: Any = None  # kopf's live index of shared stage results (handle_index.py)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -171,6 +174,7 @@ def _reconcile(
                     ),
                     retry=_annotation(body, ANNOTATION_RETRY),
                     cancel=_annotation(body, ANNOTATION_CANCEL),
+                    shared=_shared(rt, spec, key),
                 )
             )
             rt.table.settle(
@@ -191,6 +195,15 @@ def _reconcile(
         for event in decided.events:
             kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
         return decided
+
+
+def _shared(
+    rt: Runtime, spec: ModelOptimizationSpec | SpecError, key: str
+) -> dict[tuple[str, str], SharedStage]:
+    """The stages of this spec that other resources finished with the same inputs."""
+    if isinstance(spec, SpecError):
+        return {}
+    return shared_for(rt.shared_index, spec.artifacts.uri, spec_fingerprints(spec), key)
 
 
 def _annotation(body: dict[str, Any], key: str) -> str:

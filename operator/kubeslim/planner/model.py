@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -75,6 +75,17 @@ class Slots:
 
 
 @dataclass(frozen=True)
+class SharedStage:
+    """A stage another resource finished: where its outputs are in the shared cache."""
+
+    owner: str  # "namespace/name" of the resource whose Job made it
+    cache_key: str  # <stage>/<sha256> below <artifacts.uri>/cache
+    outputs: Mapping[str, str] = field(default_factory=dict)  # output name -> file name
+    metrics: Mapping[str, Any] | None = None  # the benchmark's, as the owner's status has them
+    duration_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class PlanInput:
     """Everything the planner decides from."""
 
@@ -91,6 +102,9 @@ class PlanInput:
     allowed: Allowed = field(default_factory=Allowed)
     retry: str = ""  # the kubeslim.dev/retry annotation: a new value retries a failed stage
     cancel: str = ""  # the kubeslim.dev/cancel annotation: a new value stops the pipeline
+    # Stages other resources with the same artifacts.uri finished with the same inputs,
+    # by (stage, fingerprint): reused instead of run again (planner/shared.py).
+    shared: Mapping[tuple[str, str], SharedStage] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -53,6 +53,7 @@ from kubeslim.planner.search import (
     search_status,
     within_parallelism,
 )
+from kubeslim.planner.shared import shared_message, shared_result
 from kubeslim.planner.status import (
     ARTIFACT_FIELDS,
     STAGE_MESSAGE_LIMIT,
@@ -101,6 +102,7 @@ class _Walk:
     jobs: list[JobSummary] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)  # Jobs whose Pods can never start
     blocked: dict[str, str] = field(default_factory=dict)  # stage -> why its Pod waits
+    shared: set[str] = field(default_factory=set)  # stages another resource's result stands for
 
 
 def plan(inp: PlanInput) -> Plan:
@@ -239,6 +241,15 @@ def _visit(
         root = artifacts_root(spec.artifacts.uri, inp.namespace, inp.name)
         walk.stages.append(record_result(base, result, root))
         walk.results[stage] = result or {}
+        return
+    offer = inp.shared.get((stage, fingerprint))
+    if offer is not None and not found and shards == ("",) and not inp.status.retries:
+        # Another resource ran this stage with the same inputs: no Job (planner/shared.py).
+        result = shared_result(offer, spec.artifacts.uri)
+        entry = record_result(base, result, spec.artifacts.uri)
+        walk.stages.append(entry.model_copy(update={"message": shared_message(offer)}))
+        walk.results[stage] = result
+        walk.shared.add(stage)
         return
     walk.current = stage
     failed = [j for j in found if j.phase == JobPhase.failed]
@@ -628,6 +639,8 @@ def _stage_condition(
     entry: StageStatus, reused: bool, walk: _Walk, conditions: Sequence[Condition]
 ) -> tuple[str, str]:
     if entry.state == StageState.succeeded:
+        if entry.name in walk.shared:
+            return "True", Reason.reused
         if entry.name in walk.results:
             return "True", Reason.completed
         # Carried over: Reused from the first look at a new generation on, until re-run.

@@ -129,6 +129,9 @@ def record_result(entry: StageStatus, result: dict[str, Any] | None, root: str) 
     if isinstance(uri, str) and uri:
         update["result_uri"] = resolve(root, uri)[:1024]
     update["message"] = "reused a cached result" if result.get("reused") else "completed"
+    key = result.get("cache_key") or result.get("cacheKey")
+    if isinstance(key, str) and key:
+        update["cache_key"] = key[:160]
     return entry.model_copy(update=update)
 
 

@@ -29,6 +29,17 @@ class StageResult(BaseModel):
     checkpoint_digest: str | None = Field(
         default=None, description="sha256 of the checkpoint bytes the stage read"
     )
+    spec_fingerprint: str | None = Field(
+        default=None, description="the planner's fingerprint of the spec this result is for"
+    )
+    shared: bool = Field(
+        default=False,
+        description="copied from the shared cache: another run with the same inputs made it",
+    )
+    cache_key: str | None = Field(
+        default=None,
+        description="<stage>/<fingerprint> of the stage's entry in the shared cache, if any",
+    )
 
     def compact(self) -> str:
         """A short JSON for the termination message: no details, bounded size."""

@@ -20,13 +20,14 @@ from pydantic import ValidationError
 
 from kubeslim.api.manifest import load_manifest
 from kubeslim.api.spec import ModelOptimizationSpec
-from kubeslim.errors import KubeslimError, SpecError, describe_validation_error
+from kubeslim.errors import KubeslimError, MissingArtifact, SpecError, describe_validation_error
 from kubeslim.progress import Reporter
 from kubeslim.stages.context import StageContext, StageOutput, file_digest, output_key
 from kubeslim.stages.inputs import check_inputs
-from kubeslim.stages.pipeline import STAGE_SECTIONS, digest, stage_enabled
+from kubeslim.stages.pipeline import STAGE_SECTIONS, digest, spec_fingerprints, stage_enabled
 from kubeslim.stages.result import StageResult
 from kubeslim.store import ArtifactStore, open_store
+from kubeslim.store.shared import SharedCache, cache_store, prune_versions, retain_order
 
 # Bumped by hand when a stage's outputs change meaning, so results of older
 # versions are recomputed. The release version is deliberately not hashed: an
@@ -43,6 +44,9 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "benchmark": ("convert", "quantize"),
     "select": (),  # reads the candidates' results below candidates/ (see stages/select.py)
 }
+# Stages whose outputs other runs with the same inputs reuse from the shared cache.
+# Not select: it also writes selected/ and its measurements beside its result.
+SHARED_STAGES = frozenset({"prune", "convert", "quantize", "benchmark"})
 
 
 def stage_function(name: str) -> StageFn:
@@ -125,11 +129,16 @@ def run_stage(
     store: ArtifactStore,
     reporter: Reporter,
     force: bool = False,
+    cache: ArtifactStore | None = None,
 ) -> StageResult:
-    """Reuse the stored result if its inputs are unchanged, else run and commit."""
+    """Reuse the stored result if its inputs are unchanged, else copy it from the
+    shared cache (another run with the same inputs made it), else run and commit."""
     check_inputs(spec)
+    shared = SharedCache(cache) if cache is not None else None
     with tempfile.TemporaryDirectory(prefix=f"kubeslim-{name}-") as tmp:
         ctx = StageContext(spec=spec, store=store, reporter=reporter, scratch=Path(tmp))
+        if shared is not None:
+            _restore_upstream(name, ctx, shared)
         fp = fingerprint(name, ctx)
         checkpoint = checkpoint_digest(name, spec)
         check_same_checkpoint(name, ctx, checkpoint)
@@ -139,6 +148,11 @@ def run_stage(
             return cached.model_copy(update={"reused": True})
         # Invalidate first: if this run fails, no result claims the stage is done.
         store.delete(key)
+        if shared is not None and not force:
+            adopted = _adopt(name, fp, spec_fingerprints(spec)[name], store, shared)
+            if adopted is not None:
+                _retain(name, fp, spec, store, shared)
+                return adopted
         started = time.monotonic()
         output = stage_function(name)(ctx)
         from kubeslim.stages.distributed import current_rank
@@ -159,9 +173,85 @@ def run_stage(
             duration_seconds=round(time.monotonic() - started, 2),
             result_uri=key,
             checkpoint_digest=checkpoint,
+            spec_fingerprint=spec_fingerprints(spec)[name],
+            cache_key=f"{name}/{fp}" if shared is not None and name in SHARED_STAGES else None,
         )
+        if shared is not None and name in SHARED_STAGES:
+            entry = _publish(shared.store, f"{name}/{fp}", output)
+            shared.commit(name, fp, {**result.model_dump(mode="json"), "outputs": entry})
         store.write_json(key, result.model_dump(mode="json"))
+        _retain(name, fp, spec, store, shared)
         return result
+
+
+def _adopt(
+    name: str, fp: str, spec_fp: str, store: ArtifactStore, shared: SharedCache
+) -> StageResult | None:
+    """Copy a cache entry with this fingerprint into the run root and commit it there."""
+    if name not in SHARED_STAGES:
+        return None
+    entry = shared.lookup(name, fp)
+    if entry is None:
+        return None
+    prefix = f"{name}/{fp[:16]}"
+    shared.copy_into(name, fp, store, prefix)
+    key = f"{name}/result.json"
+    outputs = {k: f"{prefix}/{v.rpartition('/')[2]}" for k, v in entry["outputs"].items()}
+    result = StageResult.model_validate(
+        {
+            **entry,
+            "outputs": outputs,
+            "result_uri": key,
+            "spec_fingerprint": spec_fp,
+            "cache_key": f"{name}/{fp}",
+        }
+    )
+    result = result.model_copy(update={"reused": False, "shared": True})
+    store.write_json(key, result.model_dump(mode="json"))
+    return result.model_copy(update={"reused": True})
+
+
+def _restore_upstream(name: str, ctx: StageContext, shared: SharedCache) -> None:
+    """Copy in the upstream results this run root lacks from the shared cache.
+
+    On a cluster the operator may mark a stage done without a Job when another
+    resource already produced it (same inputs); the next stage's Job then finds
+    that result here, by its content fingerprint.
+    """
+    for up in UPSTREAM[name]:
+        if not stage_enabled(ctx.spec, up) or _current_here(up, ctx):
+            continue
+        _restore_upstream(up, ctx, shared)
+        _adopt(up, fingerprint(up, ctx), spec_fingerprints(ctx.spec)[up], ctx.store, shared)
+
+
+def _current_here(stage: str, ctx: StageContext) -> bool:
+    """Whether the run root holds the stage's result for the current spec (a cheap
+    check by spec fingerprint: the content fingerprint may need the checkpoint)."""
+    key = f"{stage}/result.json"
+    if not ctx.store.exists(key):
+        return False
+    try:
+        held = ctx.store.read_json(key).get("spec_fingerprint")
+    except (MissingArtifact, json.JSONDecodeError, AttributeError):
+        return False
+    # Results of versions before spec_fingerprint existed are trusted, as they were.
+    return held is None or held == spec_fingerprints(ctx.spec)[stage]
+
+
+def _retain(
+    name: str,
+    fp: str,
+    spec: ModelOptimizationSpec,
+    store: ArtifactStore,
+    shared: SharedCache | None,
+) -> None:
+    """Record this fingerprint as the stage's newest; delete versions beyond the limits."""
+    retention = spec.artifacts.retention
+    retain_order(store, name, fp[:16])
+    prune_versions(store, name, retention.keep_fingerprints)
+    if shared is not None and name in SHARED_STAGES:
+        shared.prune(name, retention.keep_shared)
 
 
 def _cached(store: ArtifactStore, key: str, fp: str) -> StageResult | None:
@@ -209,11 +299,12 @@ def run_stage_command(
     try:
         spec = _load_spec(manifest, spec_json)
         store = open_store(artifacts or spec.artifacts.uri)
+        cache = cache_store(spec.artifacts.uri, store)
         if candidate is not None:
             from kubeslim.stages.select import candidate_run
 
             spec, store = candidate_run(spec, store, candidate)
-        result = run_stage(name, spec, store, Reporter(progress), force=force)
+        result = run_stage(name, spec, store, Reporter(progress), force=force, cache=cache)
     except KubeslimError as err:
         failure: dict[str, Any] = {"stage": name, "error": str(err), "exitCode": err.exit_code}
         if isinstance(err, SpecError):

@@ -65,7 +65,17 @@ class LocalStore(ArtifactStore):
         )
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        # Folders emptied by deletion go too (as on S3, where a prefix with no keys is
+        # no folder): retention would otherwise leave a trail of empty ones.
+        for parent in path.parents:
+            if parent == self.base or self.base not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or gone): its ancestors are not empty either
+                break
 
 
 class _atomic_target:
