@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from kubeslim.api.spec import SearchSpec
+from kubeslim.planner.search import Measured, first_round, next_round
 from tests.cluster.plugin import StandIn
 from tests.test_operator_cluster import CRD_FILE, Env, _wait
 
@@ -77,3 +79,42 @@ def test_killing_the_operator_mid_search_loses_no_finished_candidate(env: Env) -
     assert {c["name"] for c in status["search"]["candidates"]} == {"t3000", "t5000", "t7000"}
     assert status["search"]["chosenSpeedup"] == "2.00x"
     env.delete("search")
+
+
+def test_a_range_search_runs_its_refinement_round_and_survives_a_restart_in_it(env: Env) -> None:
+    search = {"range": {"min": 0.3, "max": 0.7}, "candidatesPerRound": 3, "rounds": 1,
+              "maxAccuracyDrop": 0.025, "parallelism": 2}  # fmt: skip
+    # Round 1 is what the search decides from the stand-in's figures (drop 4 x target points):
+    # between 0.5 (within 2.5 points) and 0.7 (outside), 0.55, 0.6 and 0.65.
+    spec = SearchSpec.model_validate(search)
+    measured = [Measured(c, 0.04 * c.target, 1 + 2 * c.target) for c in first_round(spec)]
+    round1 = [c.name for c in next_round(spec, measured)]
+    assert round1 == ["t5500", "t6000", "t6500"]
+    env.create("range", {**SPEC, "search": search}, {"gate": ["prune-t6500"], "rounds": [round1]})
+    # two of round 1's candidates pruned (t6500 held): the operator dies in round 1
+    _wait("round 1 under way", lambda: len(succeeded_jobs(env, "range", "prune")) == 5,
+          env.operator)  # fmt: skip
+    status = env.status("range")
+    assert status["search"]["round"] == 1
+    assert {c["name"]: c["round"] for c in status["search"]["candidates"]} == {
+        "t3000": 0, "t5000": 0, "t7000": 0, "t5500": 1, "t6000": 1, "t6500": 1,
+    }  # fmt: skip
+    before = job_uids(env, "range")
+    env.operator.popen.send_signal(signal.SIGKILL)
+    env.operator.popen.wait()
+    env.operator = None
+    env.release("range", "prune-t6500")
+    env.start_operator()
+    status = env.wait_state("range", "Succeeded")
+    after = job_uids(env, "range")
+    assert all(after[name] == uid for name, uid in before.items())
+    folder = env.artifacts / env.namespace / "range" / "done"
+    runs = {p.name: p.read_text().count("ran") for p in folder.iterdir()}
+    names = ("t3000", "t5000", "t7000", *round1)
+    assert runs == {f"{s}-{c}": 1 for s in OUTPUTS for c in names}
+    selects = sorted(n for n in after if "-select-" in n)
+    assert len(after) == 6 * 3 + 2 and selects[-1].endswith("-r1")  # a select Job per round
+    found = status["search"]
+    assert found["outcome"] == "Selected" and found["chosen"] == "t6000"  # drop 2.4 points
+    assert sorted(c["name"] for c in found["candidates"]) == sorted(names)
+    env.delete("range")

@@ -73,16 +73,39 @@ def commit_result(
     return 0
 
 
-def select_metrics(spec_json: str) -> dict[str, Any]:
-    """What the select stage reports for a search: t5000 chosen, every target measured."""
-    targets = json.loads(spec_json)["search"]["targets"]
-    rows = [
-        {"name": f"t{round(t * 10000):04d}", "target": t, "round": 0, "state": "Measured",
-         "accuracyDrop": 4 * t, "speedup": 1 + 2 * t, "withinBudget": 4 * t <= 2.0}
-        for t in targets
-    ]  # fmt: skip
-    return {"outcome": "Selected", "chosen": "t5000", "candidates": rows, "nextRound": [],
-            "message": "chose t5000"}  # fmt: skip
+def select_metrics(spec_json: str, artifacts: Path, control: dict[str, Any]) -> dict[str, Any]:
+    """What the select stage reports for a search, replaying the rounds as it does: each
+    round whose candidates all finished is measured (drop 4 x target points, speedup
+    1 + 2 x target); the first unfinished round is handed back as nextRound; with none
+    left, the fastest candidate within maxAccuracyDrop is chosen. Round 0 is the spec's
+    targets; control.json's "rounds" names the refinement rounds a test wants."""
+    search = json.loads(spec_json)["search"]
+    budget = 100 * search["maxAccuracyDrop"]
+    targets = search.get("targets") or _grid(search["range"], search["candidatesPerRound"])
+    rounds = [[f"t{round(t * 10000):04d}" for t in targets], *control.get("rounds", [])]
+    rows: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for k, names in enumerate(rounds):
+        if not all((artifacts / "candidates" / n / "quantize" / "result.json").exists()
+                   for n in names):  # fmt: skip
+            pending = names
+            break
+        for n in names:
+            t = int(n[1:]) / 10000
+            rows.append({"name": n, "target": t, "round": k, "state": "Measured",
+                         "accuracyDrop": round(4 * t, 3), "speedup": round(1 + 2 * t, 3),
+                         "withinBudget": 4 * t <= budget + 1e-9})  # fmt: skip
+    inside = [r for r in rows if r["withinBudget"]]
+    chosen = max(inside, key=lambda r: r["speedup"])["name"] if inside and not pending else None
+    return {"outcome": "Searching" if pending else "Selected", "chosen": chosen,
+            "candidates": rows, "nextRound": pending, "maxAccuracyDrop": search["maxAccuracyDrop"],
+            "message": f"chose {chosen}" if chosen else "searching"}  # fmt: skip
+
+
+def _grid(bounds: dict[str, float], k: int) -> list[float]:
+    """A range search's first round, as kubeslim.planner.search.first_round makes it."""
+    lo, hi = bounds["min"], bounds["max"]
+    return [(lo + hi) / 2] if k == 1 else [lo + (hi - lo) * i / (k - 1) for i in range(k)]
 
 
 def run_stage(argv: list[str]) -> int:
@@ -124,7 +147,7 @@ def run_stage(argv: list[str]) -> int:
         outputs = {"out": CANDIDATE_OUTPUTS[stage]}
         return commit_result(stage, folder, opts["--result-file"], outputs, {})
     if stage == "select":
-        metrics = select_metrics(opts["--spec-json"])
+        metrics = select_metrics(opts["--spec-json"], artifacts, control)
         return commit_result(stage, artifacts, opts["--result-file"], {"report": "report.html"},
                              metrics)  # fmt: skip
     metrics = BENCHMARK_METRICS if stage == "benchmark" else {}
