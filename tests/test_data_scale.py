@@ -197,6 +197,11 @@ def test_s3_webdataset_shards_train_and_evaluate(bucket: str, tmp_path: Path) ->
     assert train_and_evaluate(spec) >= 0.9
     # Samples are ranged GETs: the shards are never copied to local disk.
     assert not any((tmp_path / "cache").rglob("*.tar"))
+    missing = _spec(uri=f"s3://{bucket}/wds/train-{{000000..000009}}.tar")
+    with pytest.raises(SpecError) as err:
+        load_array_splits(missing, (SIDE, SIDE))
+    assert err.value.field == "spec.dataset.uri" and "train-000004.tar" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])

@@ -11,12 +11,14 @@ numpy only: the runtime image reads datasets without torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
 
-from kubeslim.errors import SpecError
+from kubeslim.errors import SpecError, StoreError, StoreUnavailable
 from kubeslim.store.cache import BoundedCache, byte_quantity, dataset_cache
 
 if TYPE_CHECKING:
@@ -71,11 +73,13 @@ class S3Files:
     """An s3:// prefix: listed once, objects fetched on demand through a bounded cache.
 
     Each process opens its own S3 client (an s3fs client does not survive a fork into
-    a loader worker in a usable state).
+    a loader worker in a usable state). Store errors name the spec field, not
+    artifacts.uri; unreachable servers stay transient (the Job retries).
     """
 
-    def __init__(self, uri: str, budget: int) -> None:
+    def __init__(self, uri: str, budget: int, field: str = "spec.dataset.uri") -> None:
         self.uri = uri.rstrip("/")
+        self.field = field
         self.cache: BoundedCache = dataset_cache(self.uri, budget)
         self._store: S3Store | None = None
         self._pid = -1
@@ -85,30 +89,51 @@ class S3Files:
         from kubeslim.store.s3 import S3Store
 
         if self._store is None or self._pid != os.getpid():
-            self._store, self._pid = S3Store(self.uri), os.getpid()
+            with self._errors():
+                self._store, self._pid = S3Store(self.uri), os.getpid()
         return self._store
 
     def names(self) -> list[str]:
-        return self.store.list_keys()
+        with self._errors():
+            return self.store.list_keys()
 
     def read(self, name: str) -> bytes:
-        return self.cache.read(name, lambda: self.store.read_bytes(name))
+        with self._errors():
+            return self.cache.read(name, lambda: self.store.read_bytes(name))
 
     def read_range(self, name: str, start: int, length: int) -> bytes:
-        return self.store.read_range(name, start, length)
+        with self._errors():
+            return self.store.read_range(name, start, length)
 
     def size(self, name: str) -> int:
-        return self.store.size(name)
+        with self._errors():
+            return self.store.size(name)
 
     def open(self, name: str) -> BinaryIO:
-        fh: BinaryIO = self.store.open_read(name)
+        with self._errors():
+            fh: BinaryIO = self.store.open_read(name)
         return fh
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreUnavailable as err:
+            raise StoreUnavailable(_renamed(err, self.field)) from None
+        except StoreError as err:
+            raise SpecError(self.field, _renamed(err, self.field)) from None
+
+
+def _renamed(err: StoreError, field: str) -> str:
+    """The store's one-line message without its artifacts.uri prefix."""
+    text = str(err)
+    return text.removeprefix("artifacts.uri ").replace(f"{field}: ", "", 1)
 
 
 def open_files(uri: str, cache_budget: str | None, field: str = "spec.dataset.uri") -> Files:
     """The files below uri: s3://bucket/prefix, file:///path or a path to a folder."""
     if uri.startswith("s3://"):
-        return S3Files(uri, byte_quantity(cache_budget))
+        return S3Files(uri, byte_quantity(cache_budget), field)
     root = Path(uri.removeprefix("file://")).expanduser()
     if not root.is_dir():
         raise SpecError(field, f"expected a directory, got {uri!r}")
