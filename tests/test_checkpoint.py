@@ -57,8 +57,25 @@ def _kill_after_first_checkpoint(path: Path, artifacts: Path) -> int:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # torchrun's workers live in sessions of their own: they must die with it.
+    deadline = time.monotonic() + 30
+    while _processes_using(artifacts):
+        assert time.monotonic() < deadline, "workers outlived the killed run"
+        time.sleep(0.2)
     state = torch.load(next(artifacts.glob("prune/*/checkpoint.pt")), weights_only=True)
     return int(state["position"]["global_step"])
+
+
+def _processes_using(artifacts: Path) -> list[int]:
+    """Processes whose command line names these artifacts (the run's stage processes)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(artifacts).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return found
 
 
 def test_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -79,6 +96,8 @@ def test_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_path: P
     assert ref["metrics"]["resumedFromStep"] is None
     # Same masks on every rank and as without the interruption; the accuracy within noise.
     assert resumed["details"]["ranks"][0]["masks"] == ref["details"]["ranks"][0]["masks"]
+    # Exactly where it would have been: same parameters, bit for bit (seeded, gloo, CPU).
+    assert resumed["details"]["ranks"] == ref["details"]["ranks"]
     assert resumed["metrics"]["masksIdenticalAcrossRanks"] is True
     assert resumed["details"]["layers"] == ref["details"]["layers"]
     assert abs(resumed["metrics"]["accuracyAfter"] - ref["metrics"]["accuracyAfter"]) <= 0.02
@@ -93,6 +112,7 @@ def test_a_checkpoint_of_other_inputs_or_another_world_size_is_ignored(tmp_path:
     assert saved.load(world_size=1) is not None
     assert Checkpointer(store, "prune/abc", "fp-2", None, main=True).load(1) is None
     assert saved.load(world_size=2) is None
+    assert Checkpointer(store, "prune/abc", "fp-1", None, main=True, resume=False).load(1) is None
     assert saved.due(5, epoch_end=True) and not saved.due(5, epoch_end=False)
     every3 = Checkpointer(store, "prune/abc", "fp-1", 3, main=True)
     assert every3.due(6, epoch_end=False) and not every3.due(7, epoch_end=False)

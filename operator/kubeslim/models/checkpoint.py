@@ -68,8 +68,10 @@ class Checkpointer:
         fingerprint: str,
         every_steps: int | None,
         main: bool,
+        resume: bool = True,
     ) -> None:
         self.store = store
+        self.resume = resume
         self.key = f"{prefix}/checkpoint.pt"
         self.fingerprint = fingerprint
         self.every_steps = every_steps
@@ -94,7 +96,7 @@ class Checkpointer:
 
     def load(self, world_size: int) -> dict[str, Any] | None:
         """The stored state for this fingerprint and world size, or None."""
-        if not self.store.exists(self.key):
+        if not self.resume or not self.store.exists(self.key):
             return None
         raw = self.store.read_bytes(self.key)
         # weights_only: a checkpoint is data; loading it must not run code.

@@ -6,6 +6,9 @@ code reads the same with one process or many.
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 from typing import Any, TypeVar
 
 import torch
@@ -30,10 +33,21 @@ def init(backend: DistributedBackend, cuda: bool) -> Rank:
     """Join torchrun's process group (env:// rendezvous) when there is more than one rank."""
     rank = current_rank()
     if rank.distributed and not dist.is_initialized():
+        _die_with_launcher()
         if cuda:
             torch.cuda.set_device(rank.local_rank)
         dist.init_process_group(backend_for(backend, cuda))
     return rank
+
+
+def _die_with_launcher() -> None:
+    """Exit when torchrun dies: it starts workers in sessions of their own, so a SIGKILLed
+    torchrun (a killed `kubeslim run`) would otherwise leave them training as orphans,
+    writing checkpoints beside the run that replaces them. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def shutdown() -> None:

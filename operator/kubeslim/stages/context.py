@@ -40,6 +40,8 @@ class StageContext:
     store: ArtifactStore
     reporter: Reporter
     scratch: Path
+    # --force: run afresh, ignoring what an interrupted run left (the prune checkpoint).
+    force: bool = False
 
     def upstream(self, stage: str) -> StageResult:
         """The committed result of an earlier stage."""

@@ -42,6 +42,10 @@ def prune(ctx: StageContext) -> StageOutput:
 
 def _prune(ctx: StageContext, device: torch.device, rank: Rank) -> StageOutput:
     spec = ctx.spec
+    # Seeded before the model is built: without a checkpoint its random initialisation
+    # is then the same on every rank (each evaluates its share of the test split with
+    # it) and in every run (a resumed run continues the one it replaces).
+    torch.manual_seed(spec.dataset.seed)
     model = load_model(spec.model)
     splits = ctx.splits
     ctx.reporter.phase("evaluate-original")
@@ -88,6 +92,7 @@ def _checkpointer(ctx: StageContext, rank: Rank) -> Checkpointer:
         fp,
         ctx.spec.pruning.fine_tune.checkpoint_every_steps,
         main=rank.main,
+        resume=not ctx.force,
     )
 
 

@@ -136,7 +136,9 @@ def run_stage(
     check_inputs(spec)
     shared = SharedCache(cache) if cache is not None else None
     with tempfile.TemporaryDirectory(prefix=f"kubeslim-{name}-") as tmp:
-        ctx = StageContext(spec=spec, store=store, reporter=reporter, scratch=Path(tmp))
+        ctx = StageContext(
+            spec=spec, store=store, reporter=reporter, scratch=Path(tmp), force=force
+        )
         if shared is not None:
             _restore_upstream(name, ctx, shared)
         fp = fingerprint(name, ctx)
