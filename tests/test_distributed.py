@@ -106,3 +106,40 @@ def test_two_gloo_workers_prune_like_one_at_the_same_global_batch(tmp_path: Path
         assert m["resumedFromStep"] is None
     # The convert stage read what rank 0 published.
     assert (tmp_path / "two" / "convert" / "result.json").exists()
+
+
+def test_progress_line_shows_throughput_and_resume() -> None:
+    from rich.progress import Progress
+
+    from kubeslim.executors.local import _show
+
+    progress = Progress()
+    task = progress.add_task("", detail="")
+    state = {
+        "phase": "fine-tune",
+        "epoch": 2,
+        "epochs": 4,
+        "resumedFrom": 40,
+        "imagesPerSecondPerWorker": 1234.5,
+        "loaderWaitShare": 0.12,
+    }
+    _show(progress, task, state)
+    detail = progress.tasks[0].fields["detail"]
+    assert "fine-tune epoch 2/4" in detail
+    assert "(resumed at step 40)" in detail
+    assert "1,234 img/s/worker loader wait 12%" in detail
+
+
+def test_cluster_status_carries_throughput_from_the_progress_line() -> None:
+    from kubeslim.handlers.observe import latest_progress
+
+    log = (
+        'KUBESLIM_PROGRESS {"phase":"fine-tune","step":3,"steps":9,'
+        '"imagesPerSecondPerWorker":512.5,"loaderWaitShare":0.1,"resumedFrom":8}\n'
+    )
+    progress = latest_progress(log)
+    assert progress is not None
+    dumped = progress.model_dump(exclude_none=True)
+    assert dumped["imagesPerSecondPerWorker"] == 512.5
+    assert dumped["loaderWaitShare"] == 0.1
+    assert dumped["resumedFrom"] == 8

@@ -111,6 +111,21 @@ class Progress(ApiModel):
     steps: int | None = Field(default=None, ge=0, description="steps in all.")
     loss: float | None = Field(default=None, description="loss of the latest batch.")
     accuracy: float | None = Field(default=None, description="latest validation accuracy.")
+    images_per_second_per_worker: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="imagesPerSecondPerWorker is the fine-tuning rate of one worker so far.",
+    )
+    loader_wait_share: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="loaderWaitShare is the share of step time spent waiting for the next "
+        "batch (high: add dataset.loaderWorkers; low: add workers).",
+    )
+    resumed_from: int | None = Field(
+        default=None, ge=0, description="resumedFrom is the step a checkpoint resumed from."
+    )
 
 
 class StageStatus(ApiModel):
