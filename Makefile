@@ -69,7 +69,7 @@ images: $(STAMP) system-deps
 # image builds and the tests that need them.
 NODE_IMAGES ?= all
 test-real-node: $(STAMP) system-deps cluster-tools
-	$(PY) -m pytest --node=real --node-images=$(NODE_IMAGES) tests/test_real_node.py tests/test_rig.py tests/test_e2e_node.py tests/test_e2e_distributed.py $(PYTEST_ARGS)
+	$(PY) -m pytest --node=real --node-images=$(NODE_IMAGES) tests/test_real_node.py tests/test_rig.py tests/test_e2e_node.py tests/test_e2e_distributed.py tests/test_e2e_upgrade.py $(PYTEST_ARGS)
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)

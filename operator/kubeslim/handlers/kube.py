@@ -48,6 +48,21 @@ class Kube:
         """A client model as the JSON the API server sent (camelCase, RFC 3339 times)."""
         return self.api.sanitize_for_serialization(obj)
 
+    # kopfpeerings / clusterkopfpeerings (kopf.dev): patch, as kopf's own keep-alives do
+    def patch_peering(
+        self, namespace: str | None, name: str, identity: str, peer: dict[str, Any]
+    ) -> None:
+        """Write one replica's entry into kopf's peering object (namespaced or cluster-wide)."""
+        body = {"status": {identity: peer}}
+        if namespace:
+            self.custom.patch_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", name, body
+            )
+        else:
+            self.custom.patch_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", name, body
+            )
+
     # modeloptimizations: get; modeloptimizations/status: patch
     def get_optimization(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The resource, or None once it is gone."""

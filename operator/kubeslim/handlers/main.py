@@ -20,6 +20,7 @@ from kubeslim.handlers import (
     handle_timer_optimization,
 )
 from kubeslim.handlers.kube import Kube
+from kubeslim.handlers.peering import announce
 from kubeslim.handlers.reconcile import Runtime, SlotTable
 
 MOPT = (GROUP, VERSION, PLURAL)
@@ -95,7 +96,11 @@ def operator_kwargs(config: OperatorConfig) -> dict[str, Any]:
 
 async def serve(config: OperatorConfig, **flags: Any) -> None:
     """Run until stopped (flags: kopf's stop_flag, ready_flag)."""
-    await kopf.operator(**operator_kwargs(config), **flags)
+    kwargs = operator_kwargs(config)
+    if config.peering:
+        # Seen by the other replicas before this one can act (handlers/peering.py).
+        await asyncio.to_thread(announce, config, Kube.connect())
+    await kopf.operator(**kwargs, **flags)
 
 
 def run_operator(config: OperatorConfig, verbose: bool = False) -> int:
