@@ -123,6 +123,24 @@ def test_chosen_model_has_a_stable_uri_and_the_original_was_measured_once(
     assert "<svg" in report and m["chosen"] in report
 
 
+def test_the_baseline_ir_is_exported_once_for_all_candidates(
+    three_targets: tuple[Path, str],
+) -> None:
+    tmp, _ = three_targets
+    artifacts = tmp / "artifacts"
+    converts = [
+        json.loads(p.read_text())["metrics"]
+        for p in sorted(artifacts.glob("candidates/*/convert/result.json"))
+    ]
+    assert len(converts) == 4  # three targets and one refinement
+    assert [m["baselineReused"] for m in converts].count(False) == 1
+    assert len({m["baselineHash"] for m in converts}) == 1
+    # one entry in the shared cache, one copy in the search root, none per candidate
+    assert len(list(artifacts.glob("cache/baseline-ir/*/baseline.xml"))) == 1
+    assert len(list(artifacts.glob("baseline/*/baseline.xml"))) == 1
+    assert not list(artifacts.glob("candidates/*/convert/*/baseline.xml"))
+
+
 def test_select_is_reused_until_a_candidate_changes(three_targets: tuple[Path, str]) -> None:
     tmp, _ = three_targets
     again = kubeslim(

@@ -1,6 +1,7 @@
 """The convert stage: ONNX export (pruned filters physically gone), checked
 against torch, then OpenVINO IR with FP16 weights; plus the original model as an
-FP32 IR, the baseline every benchmark compares with."""
+FP32 IR, the baseline every benchmark compares with, exported once per content
+hash and shared by a search's candidates (stages/baseline.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ from kubeslim.errors import KubeslimError
 from kubeslim.models.zoo import load_model
 from kubeslim.pruning.graph import count
 from kubeslim.pruning.history import load_pruned
+from kubeslim.stages.baseline import (
+    Baseline,
+    baseline_hash,
+    ensure_baseline,
+    fetch_cached,
+    place_copy,
+    search_root,
+    shared_cache,
+)
 from kubeslim.stages.context import StageContext, StageOutput
 
 OPSET = 17
@@ -39,24 +49,50 @@ def convert(ctx: StageContext) -> StageOutput:
     ctx.reporter.phase("convert-ir")
     ir_path = ctx.scratch / "model.xml"
     ov.save_model(ov.convert_model(onnx_path), ir_path, compress_to_fp16=True)
-    baseline_onnx = ctx.scratch / "baseline.onnx"
-    export_onnx(original, example, baseline_onnx)
-    baseline_path = ctx.scratch / "baseline.xml"
-    ov.save_model(ov.convert_model(baseline_onnx), baseline_path, compress_to_fp16=False)
+    base = _baseline(ctx, original, example)
     flops, params = count(model, example)
-    base_flops, base_params = count(original, example)
+    cache = shared_cache(ctx.spec.artifacts.uri, ctx.store)
+    files = {"onnx": onnx_path, "ir": ir_path}
+    companions = [ir_path.with_suffix(".bin")]
+    root = search_root(ctx.store)
+    if root.root == ctx.store.root:
+        # Without a search the convert output names the baseline, as always.
+        files["baseline_ir"] = fetch_cached(cache, base.hash, ctx.scratch / "baseline")
+        companions.append(files["baseline_ir"].with_suffix(".bin"))
+    else:
+        # A search's candidates share one copy in the search root (metrics: baselineHash).
+        place_copy(cache, base.hash, root)
     return StageOutput(
-        files={"onnx": onnx_path, "ir": ir_path, "baseline_ir": baseline_path},
-        companions=[ir_path.with_suffix(".bin"), baseline_path.with_suffix(".bin")],
+        files=files,
+        companions=companions,
         metrics={
             "flops": flops,
             "params": params,
-            "baselineFlops": base_flops,
-            "baselineParams": base_params,
+            "baselineFlops": base.flops,
+            "baselineParams": base.params,
+            "baselineHash": base.hash,
+            "baselineReused": base.reused,
             "onnxMaxAbsDiff": diff,
             "opset": OPSET,
         },
     )
+
+
+def _baseline(ctx: StageContext, original: nn.Module, example: torch.Tensor) -> Baseline:
+    """The original as an FP32 IR in the shared cache: found by content hash, or
+    exported now."""
+    from kubeslim.stages.runner import checkpoint_digest
+
+    def export() -> tuple[Path, int, int]:
+        ctx.reporter.phase("convert-baseline")
+        onnx_file = ctx.scratch / "baseline.onnx"
+        export_onnx(original, example, onnx_file)
+        xml = ctx.scratch / "baseline.xml"
+        ov.save_model(ov.convert_model(onnx_file), xml, compress_to_fp16=False)
+        return (xml, *count(original, example))
+
+    key = baseline_hash(ctx.spec.model, checkpoint_digest("convert", ctx.spec), OPSET)
+    return ensure_baseline(shared_cache(ctx.spec.artifacts.uri, ctx.store), key, export)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:

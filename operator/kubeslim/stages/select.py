@@ -36,6 +36,7 @@ from kubeslim.planner.search import (
 from kubeslim.planner.search import (
     select as choose,
 )
+from kubeslim.stages.baseline import fetch_copy, shared_cache
 from kubeslim.stages.benchmark import _split_arrays, measure_in_child, paired_ratios
 from kubeslim.stages.context import StageContext, StageOutput
 from kubeslim.stages.pipeline import digest
@@ -263,7 +264,7 @@ class _Bench:
         every speedup is a paired ratio); their FP16 IRs for accuracy only."""
         subs = {c.name: self._sub(c.name) for c in todo}
         first = subs[todo[0].name]
-        original = {"label": "original", "path": str(first.fetch_output("convert", "baseline_ir"))}
+        original = {"label": "original", "path": str(self._baseline_ir(first))}
         int8 = [
             {"label": c.name, "path": str(subs[c.name].fetch_output("quantize", "int8_ir"))}
             for c in todo
@@ -295,6 +296,16 @@ class _Bench:
                 "int8Ir": sub.upstream("quantize").outputs.get("int8_ir"),
             }
             self.ctx.store.write_json(keys[c.name], record)
+
+    def _baseline_ir(self, sub: StageContext) -> Path:
+        """The original's FP32 IR: the search root's copy of the shared baseline (results
+        from before it was shared name it as a convert output of every candidate)."""
+        convert = sub.upstream("convert")
+        key_hash = convert.metrics.get("baselineHash")
+        if not isinstance(key_hash, str):
+            return sub.fetch_output("convert", "baseline_ir")
+        cache = shared_cache(self.ctx.spec.artifacts.uri, self.ctx.store)
+        return fetch_copy(self.ctx.store, cache, key_hash, sub.scratch / "baseline")
 
     def _row(self, c: Candidate, m: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         ratios = m.get("ratios") or {}
