@@ -55,26 +55,35 @@ def succeeded_jobs(env: Env, name: str, stage: str) -> list[str]:
     return sorted(j.metadata.name for j in items if (j.status.succeeded or 0) > 0)
 
 
+def killed_mid_search(env: Env, name: str, gate: str) -> tuple[dict[str, Any], int, dict[str, int]]:
+    """SIGKILL the operator (no shutdown handler runs), let the held stage finish while
+    none watches, start a new operator and wait for the end: the status, the number of
+    Jobs, and how often each candidate's stage ran. The Jobs that existed before the
+    kill survive unchanged: nothing finished was redone."""
+    before = job_uids(env, name)
+    assert env.operator is not None
+    env.operator.popen.send_signal(signal.SIGKILL)
+    env.operator.popen.wait()
+    env.operator = None
+    env.release(name, gate)
+    env.start_operator()
+    status = env.wait_state(name, "Succeeded")
+    after = job_uids(env, name)
+    assert all(after[job] == uid for job, uid in before.items())
+    folder = env.artifacts / env.namespace / name / "done"
+    runs = {p.name: p.read_text().count("ran") for p in folder.iterdir()}
+    return status, len(after), runs
+
+
 def test_killing_the_operator_mid_search_loses_no_finished_candidate(env: Env) -> None:
     env.create("search", SPEC, {"gate": ["prune-t5000"]})
     # t3000 and t5000 start (parallelism 2); t3000 finishes, so t7000 starts and finishes
     _wait("two candidates pruned", lambda: len(succeeded_jobs(env, "search", "prune")) == 2,
           env.operator)  # fmt: skip
-    before = job_uids(env, "search")
-    assert len(before) == 3
-    env.operator.popen.send_signal(signal.SIGKILL)  # no shutdown handlers run
-    env.operator.popen.wait()
-    env.operator = None
-    env.release("search", "prune-t5000")  # it finishes while no operator watches
-    env.start_operator()
-    status = env.wait_state("search", "Succeeded")
-    after = job_uids(env, "search")
-    # the Jobs that existed survive unchanged: nothing finished was redone
-    assert all(after[name] == uid for name, uid in before.items())
-    folder = env.artifacts / env.namespace / "search" / "done"
-    runs = {p.name: p.read_text().count("ran") for p in folder.iterdir()}
+    assert len(job_uids(env, "search")) == 3
+    status, jobs, runs = killed_mid_search(env, "search", "prune-t5000")
     assert runs == {f"{s}-{c}": 1 for s in OUTPUTS for c in ("t3000", "t5000", "t7000")}
-    assert len(after) == 3 * 3 + 1  # prune, convert, quantize per candidate, then select
+    assert jobs == 3 * 3 + 1  # prune, convert, quantize per candidate, then select
     assert status["search"]["chosen"] == "t5000"
     assert {c["name"] for c in status["search"]["candidates"]} == {"t3000", "t5000", "t7000"}
     assert status["search"]["chosenSpeedup"] == "2.00x"
@@ -99,21 +108,11 @@ def test_a_range_search_runs_its_refinement_round_and_survives_a_restart_in_it(e
     assert {c["name"]: c["round"] for c in status["search"]["candidates"]} == {
         "t3000": 0, "t5000": 0, "t7000": 0, "t5500": 1, "t6000": 1, "t6500": 1,
     }  # fmt: skip
-    before = job_uids(env, "range")
-    env.operator.popen.send_signal(signal.SIGKILL)
-    env.operator.popen.wait()
-    env.operator = None
-    env.release("range", "prune-t6500")
-    env.start_operator()
-    status = env.wait_state("range", "Succeeded")
-    after = job_uids(env, "range")
-    assert all(after[name] == uid for name, uid in before.items())
-    folder = env.artifacts / env.namespace / "range" / "done"
-    runs = {p.name: p.read_text().count("ran") for p in folder.iterdir()}
+    status, jobs, runs = killed_mid_search(env, "range", "prune-t6500")
     names = ("t3000", "t5000", "t7000", *round1)
     assert runs == {f"{s}-{c}": 1 for s in OUTPUTS for c in names}
-    selects = sorted(n for n in after if "-select-" in n)
-    assert len(after) == 6 * 3 + 2 and selects[-1].endswith("-r1")  # a select Job per round
+    selects = sorted(n for n in job_uids(env, "range") if "-select-" in n)
+    assert jobs == 6 * 3 + 2 and selects[-1].endswith("-r1")  # a select Job per round
     found = status["search"]
     assert found["outcome"] == "Selected" and found["chosen"] == "t6000"  # drop 2.4 points
     assert sorted(c["name"] for c in found["candidates"]) == sorted(names)

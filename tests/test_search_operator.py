@@ -190,8 +190,7 @@ def finish_round(world: World, select: dict[str, Any]) -> None:
 
 
 def test_a_refinement_round_runs_as_jobs_then_a_final_selection_over_all_rounds() -> None:
-    search = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
-    world = World(spec_of(search=search, artifacts=ARTIFACTS))
+    world = World(spec_of(search=ROUNDS, artifacts=ARTIFACTS))
     world.step()
     round0 = rows((0.3, 0), (0.5, 0), (0.7, 0))  # drops 0.6, 1.0, 1.4 points
     finish_round(world, select_metrics(round0, ["t6000"]))
@@ -223,12 +222,20 @@ def test_a_refinement_round_runs_as_jobs_then_a_final_selection_over_all_rounds(
     assert final.round == 1 and final.chosen_drop == "1.20pt"
 
 
-def test_a_restarted_operator_finds_the_refinement_round_from_the_jobs() -> None:
-    search = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
-    world = World(spec_of(search=search, artifacts=ARTIFACTS))
+ROUNDS = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
+
+
+def in_round_one() -> World:
+    """A search whose round 0 finished and named round 1 (t6000), which just started."""
+    world = World(spec_of(search=ROUNDS, artifacts=ARTIFACTS))
     world.step()
     finish_round(world, select_metrics(rows((0.3, 0), (0.5, 0), (0.7, 0)), ["t6000"]))
     world.step()
+    return world
+
+
+def test_a_restarted_operator_finds_the_refinement_round_from_the_jobs() -> None:
+    world = in_round_one()
     world.step()
     before = list(world.created)
     world.status = type(world.status)()  # a new operator: only the Jobs in the API server
@@ -239,12 +246,8 @@ def test_a_restarted_operator_finds_the_refinement_round_from_the_jobs() -> None
 
 
 def test_a_spec_edit_to_the_search_starts_again_from_round_zero() -> None:
-    search = {**SEARCH, "rounds": 2, "candidatesPerRound": 1, "maxAccuracyDrop": 0.015}
-    world = World(spec_of(search=search, artifacts=ARTIFACTS))
-    world.step()
-    finish_round(world, select_metrics(rows((0.3, 0), (0.5, 0), (0.7, 0)), ["t6000"]))
-    world.step()
-    world.spec = spec_of(search={**search, "maxAccuracyDrop": 0.02}, artifacts=ARTIFACTS)
+    world = in_round_one()
+    world.spec = spec_of(search={**ROUNDS, "maxAccuracyDrop": 0.02}, artifacts=ARTIFACTS)
     world.generation = 2
     edited = world.step()
     # round 0's candidate Jobs still hold (same prune fingerprint): select runs again first

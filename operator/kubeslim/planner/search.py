@@ -422,7 +422,7 @@ def search_status(
 def _table_status(m: dict[str, Any]) -> SearchStatus:
     candidates = []
     for row in unpack_table(m)[:CANDIDATES_IN_STATUS]:
-        fields = {k: v for k, v in row.items() if k in _CANDIDATE_KEYS}
+        fields = {k: v for k, v in row.items() if k in CANDIDATE_KEYS}
         try:
             candidates.append(CandidateStatus.model_validate(fields))
         except ValueError:
@@ -448,16 +448,5 @@ def _table_status(m: dict[str, Any]) -> SearchStatus:
 
 
 CANDIDATES_IN_STATUS = 64  # SearchStatus.candidates' bound; the spec's largest search is 56
-_CANDIDATE_KEYS = {
-    "name",
-    "target",
-    "round",
-    "state",
-    "flopsReduction",
-    "accuracyBeforeInt8",
-    "accuracyAfterInt8",
-    "accuracyDrop",
-    "speedup",
-    "sizeBytes",
-    "withinBudget",
-}
+# A candidate's figures in status (CandidateStatus, by alias) and in selected/selection.json.
+CANDIDATE_KEYS = frozenset({"name", "state", "withinBudget", *TABLE_COLUMNS})

@@ -24,6 +24,7 @@ from kubeslim.api.spec import ModelOptimizationSpec, SearchSpec
 from kubeslim.api.status import SearchOutcome
 from kubeslim.errors import SpecError
 from kubeslim.planner.search import (
+    CANDIDATE_KEYS,
     Candidate,
     Measured,
     Selection,
@@ -376,10 +377,7 @@ def _body(
 
 
 def _compact(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("name", "target", "round", "state", "flopsReduction", "accuracyBeforeInt8",
-            "accuracyAfterInt8", "accuracyDrop", "speedup", "sizeBytes",
-            "withinBudget")  # fmt: skip
-    return {k: row[k] for k in keys if row.get(k) is not None}
+    return {k: v for k, v in row.items() if k in CANDIDATE_KEYS and v is not None}
 
 
 def _summary(base: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
