@@ -189,8 +189,9 @@ def candidate_from_name(name: str) -> Candidate:
 # --- the candidate table: every candidate's figures in a few bytes per row ----------
 
 # The select stage's metrics travel in a termination message (3,500 bytes in all), so
-# the table is packed: one array per candidate, in these columns. name, state and
-# withinBudget follow from target, the figures and the budget.
+# the table is packed: one array per candidate, in these columns (withinBudget as 1 or
+# 0: the stage's own verdict, not one redone from a rounded drop). name and state
+# follow from target and the figures.
 TABLE_COLUMNS = (
     "target",
     "round",
@@ -200,6 +201,7 @@ TABLE_COLUMNS = (
     "accuracyDrop",
     "speedup",
     "sizeBytes",
+    "withinBudget",
 )
 # What a compact result holds besides its metrics (stage, fingerprints, outputs, times),
 # with room to spare: the table gets the rest of the termination message.
@@ -212,7 +214,7 @@ def fit_table(
     metrics: dict[str, Any], rows: Sequence[dict[str, Any]], keep: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The packed table for these metrics: as many rows as the termination message
-    holds beside them (about 50 typical ones; a search has at most 56)."""
+    holds beside them (about 40; a search has at most 56)."""
     others = len(json.dumps(metrics, separators=(",", ":")))
     return pack_table(rows, keep, TERMINATION_MESSAGE_LIMIT - ENVELOPE_BYTES - others)
 
@@ -250,7 +252,6 @@ def unpack_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         listed = metrics.get("candidates")
         return [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
     columns = table.get("columns") or []
-    budget = float(metrics.get("maxAccuracyDrop") or 0.0) * 100
     out = []
     for values in table.get("rows") or []:
         row = {c: v for c, v in zip(columns, values, strict=False) if v is not None}
@@ -259,13 +260,15 @@ def unpack_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         row["name"] = candidate_name(float(row["target"]))
         measured = row.get("accuracyDrop") is not None
         row["state"] = CandidateState.measured.value if measured else CandidateState.failed.value
-        if measured:
-            row["withinBudget"] = row["accuracyDrop"] <= budget + BUDGET_SLACK * 100
+        if "withinBudget" in row:
+            row["withinBudget"] = bool(row["withinBudget"])
         out.append(row)
     return out
 
 
 def _rounded(column: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
     digits = _DIGITS.get(column)
     return round(value, digits) if digits is not None and isinstance(value, float) else value
 
