@@ -56,6 +56,12 @@ def write_folder(root: Path, per_class: int, seed: int) -> None:
             (root / name / f"{i:04d}.jpg").write_bytes(_image(label, rng))
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Shard indexes and S3 caches of these tests stay in their tmp_path."""
+    monkeypatch.setenv("KUBESLIM_CACHE", str(tmp_path / "cache"))
+
+
 def _spec(**dataset: Any) -> DatasetSpec:
     return DatasetSpec.model_validate({"mean": [0.5], "std": [0.25], **dataset})
 
@@ -108,6 +114,31 @@ def test_a_folder_of_shards_holds_out_the_test_split(tmp_path: Path) -> None:
     assert image.shape == (3, SIDE, SIDE) and label in (0, 1)
 
 
+def test_the_shard_index_is_cached_until_a_shard_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeslim.data import shards
+
+    write_shards(tmp_path / "wds", "train", shards=2, per_shard=20, seed=0)
+    spec = _spec(uri=str(tmp_path / "wds"))
+    first = load_array_splits(spec, (SIDE, SIDE))
+    scanned: list[str] = []
+    scan = shards._samples
+
+    def counted(files: Any, name: str) -> Any:
+        scanned.append(name)
+        return scan(files, name)
+
+    monkeypatch.setattr(shards, "_samples", counted)
+    again = load_array_splits(spec, (SIDE, SIDE))
+    assert scanned == []  # both shards' headers came from the cache
+    assert np.array_equal(again.train[3][0], first.train[3][0])
+    write_shards(tmp_path / "wds", "train", shards=1, per_shard=25, seed=5)  # shard 0 changes
+    changed = load_array_splits(spec, (SIDE, SIDE))
+    assert scanned == ["train-000000.tar"]
+    assert len(changed.train) + len(changed.tuning) + len(changed.test) == 45
+
+
 def test_bad_shard_input_is_a_one_line_error_naming_the_field(tmp_path: Path) -> None:
     write_shards(tmp_path / "wds", "train", shards=1, per_shard=5, seed=0)
     cases = [
@@ -151,7 +182,6 @@ def test_bounded_cache_evicts_least_recently_used(tmp_path: Path) -> None:
 @pytest.fixture
 def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     s3_env(monkeypatch, tmp_path, s3_server.env())
-    monkeypatch.setenv("KUBESLIM_CACHE", str(tmp_path / "cache"))
     yield s3_server.create_bucket()
 
 

@@ -38,6 +38,15 @@ class Files(Protocol):
 
     def open(self, name: str) -> BinaryIO: ...
 
+    def version(self, name: str) -> str:
+        """A string that changes whenever the file does (keys derived data)."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """The root, as a URI or an absolute path."""
+        ...
+
 
 class LocalFiles:
     """A folder on a local disk or a mounted volume."""
@@ -67,6 +76,14 @@ class LocalFiles:
 
     def open(self, name: str) -> BinaryIO:
         return open(self.root / name, "rb")
+
+    def version(self, name: str) -> str:
+        st = (self.root / name).stat()
+        return f"{st.st_size}-{st.st_mtime_ns}"
+
+    @property
+    def where(self) -> str:
+        return str(self.root.resolve())
 
 
 class S3Files:
@@ -113,6 +130,14 @@ class S3Files:
         with self._errors():
             fh: BinaryIO = self.store.open_read(name)
         return fh
+
+    def version(self, name: str) -> str:
+        with self._errors():
+            return self.store.version(name)
+
+    @property
+    def where(self) -> str:
+        return self.uri
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -83,9 +83,19 @@ class S3Store(ArtifactStore):
 
     def size(self, key: str) -> int:
         """The object's size in bytes."""
+        return int(self._head(key)["ContentLength"])
+
+    def version(self, key: str) -> str:
+        """Changes whenever the object does: its ETag and size."""
+        head = self._head(key)
+        return f"{head.get('ETag', '').strip(chr(34))}-{head['ContentLength']}"
+
+    def _head(self, key: str) -> dict[str, Any]:
         with self._errors(key, missing="artifact"):
-            head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self._key(key))
-        return int(head["ContentLength"])
+            head: dict[str, Any] = self.fs.call_s3(
+                "head_object", Bucket=self.bucket, Key=self._key(key)
+            )
+        return head
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):
