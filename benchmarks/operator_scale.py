@@ -140,6 +140,7 @@ def run(count: int, work: Path) -> dict[str, Any]:
         jobs.wait(["single"], 60)
         single = round(jobs.first["single"] - t0, 3) if "single" in jobs.first else None
         names = [f"mo-{i:03d}" for i in range(count)]
+        requests_before = api_requests(api)
         applied: dict[str, float] = {}
         rss_peak = 0
         start = time.monotonic()
@@ -150,6 +151,12 @@ def run(count: int, work: Path) -> dict[str, Any]:
         done = jobs.wait(names, 300)
         all_jobs_s = max(jobs.first.get(n, time.monotonic()) for n in names) - start
         time.sleep(5)
+        requests_after = api_requests(api)
+        per_resource = {
+            k: round((v - requests_before.get(k, 0.0)) / count, 2)
+            for k, v in requests_after.items()
+            if v - requests_before.get(k, 0.0) >= count / 10
+        }
         rss_after = proc_kib(operator.pid, "VmRSS")
         hwm = proc_kib(operator.pid, "VmHWM")
         jobs.stop()
@@ -168,6 +175,9 @@ def run(count: int, work: Path) -> dict[str, Any]:
                 "max": round(max(delays), 3) if delays else None,
                 "mean": round(statistics.mean(delays), 3) if delays else None,
             },
+            # Every client's requests (the benchmark's own creates and Job watch included)
+            # from the first apply until 5 s after the last Job, per resource.
+            "requestsPerResource": dict(sorted(per_resource.items(), key=lambda kv: -kv[1])),
             "operatorRssMiB": {
                 "idle": round(idle_rss / 1024, 1),
                 "peakDuringApply": round(rss_peak / 1024, 1),
@@ -206,7 +216,7 @@ def request_rate(api: Any, seconds: float) -> tuple[float, dict[str, float]]:
     return round(sum(rates.values()), 2), dict(list(busiest.items())[:12])
 
 
-def run_waiting(count: int, work: Path, window: float) -> dict[str, Any]:
+def run_waiting(count: int, work: Path, window: float, settle: float) -> dict[str, Any]:
     """N resources waiting behind one slot: the API requests per second they cost."""
     from kubernetes import client
     from tests.cluster.cluster import Cluster
@@ -245,6 +255,10 @@ def run_waiting(count: int, work: Path, window: float) -> dict[str, Any]:
             time.sleep(10)
         settled_s = round(time.monotonic() - start, 1)
         loaded, loaded_by = request_rate(api, window)
+        # Again after a pause: a rate that falls is the tail of the burst of creates,
+        # not the cost of resources waiting.
+        time.sleep(settle)
+        later, later_by = request_rate(api, window)
         return {
             "waitingCount": waiting(),
             "allWaitingAfterSeconds": settled_s,
@@ -253,6 +267,10 @@ def run_waiting(count: int, work: Path, window: float) -> dict[str, Any]:
             "requestsPerSecondForTheWaiting": round(loaded - idle, 2),
             "requestsPerSecondByKindIdle": idle_by,
             "requestsPerSecondByKindWhileWaiting": loaded_by,
+            "secondsBeforeTheLaterWindow": settle,
+            "requestsPerSecondLater": later,
+            "requestsPerSecondForTheWaitingLater": round(later - idle, 2),
+            "requestsPerSecondByKindLater": later_by,
             "windowSeconds": window,
             "operatorRssMiB": round(proc_kib(operator.pid, "VmRSS") / 1024, 1),
             "operatorLogTail": operator.tail(1500),
@@ -268,12 +286,15 @@ def main() -> int:
         "--waiting", type=int, default=0, help="instead: N resources waiting behind one slot"
     )
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument(
+        "--settle", type=float, default=120.0, help="seconds between the two waiting windows"
+    )
     parser.add_argument("--output", default="operator_scale")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kubeslim-scale-") as tmp:
         if args.waiting:
             result = {**header(), "settings": "KUBESLIM_MAX_CONCURRENT=1, kubelet stopped"}
-            result.update(run_waiting(args.waiting, Path(tmp), args.window))
+            result.update(run_waiting(args.waiting, Path(tmp), args.window, args.settle))
         else:
             result = {**header(), "settings": "KUBESLIM_MAX_CONCURRENT=0, kubelet stopped"}
             result.update(run(args.count, Path(tmp)))
