@@ -253,3 +253,34 @@ def test_tar_members_agree_with_tarfile(tmp_path: Path, fmt: int) -> None:
         expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
     with open(path, "rb") as fh:
         assert list(tar_members(fh)) == expected
+
+
+def test_kubeslim_run_prunes_quantizes_and_benchmarks_from_shards(tmp_path: Path) -> None:
+    """The whole pipeline on WebDataset shards: the torch stages through the loader
+    (loader processes, augmentation), the torch-free ones through the same index."""
+    import json
+
+    from tests.pipeline_helpers import kubeslim, manifest, write
+
+    write_shards(tmp_path / "wds", "train", shards=3, per_shard=100, seed=0)
+    write_shards(tmp_path / "wds", "test", shards=1, per_shard=60, seed=1)
+    doc = manifest(
+        model={"numClasses": 2, "inputShape": [3, SIDE, SIDE]},
+        dataset={
+            "name": None,
+            "uri": str(tmp_path / "wds" / "train-{000000..000002}.tar"),
+            "testUri": str(tmp_path / "wds" / "test-000000.tar"),
+            "loaderWorkers": 1,
+            "mean": [0.5],
+            "std": [0.25],
+        },
+        artifacts={"uri": str(tmp_path / "artifacts")},
+    )
+    doc["spec"]["dataset"] = {k: v for k, v in doc["spec"]["dataset"].items() if v is not None}
+    run = kubeslim("run", str(write(tmp_path / "shards.yaml", doc)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    prune = json.loads(next((tmp_path / "artifacts").rglob("prune/**/result.json")).read_text())
+    assert prune["metrics"]["accuracyAfter"] >= 0.9
+    bench = json.loads(next((tmp_path / "artifacts").rglob("benchmark/**/result.json")).read_text())
+    accuracy = {r["model"]: r["accuracy"] for r in bench["details"]["models"]}
+    assert accuracy["pruned"] >= 0.9 and accuracy["pruned-int8"] >= 0.9  # original: untrained

@@ -21,7 +21,9 @@ def check_inputs(spec: ModelOptimizationSpec) -> None:
     if spec.model.checkpoint:
         check_object("spec.model.checkpoint", spec.model.checkpoint)
     if spec.dataset.uri:
-        check_tree("spec.dataset.uri", spec.dataset.uri)
+        check_dataset("spec.dataset.uri", spec.dataset.uri)
+    if spec.dataset.test_uri:
+        check_dataset("spec.dataset.testUri", spec.dataset.test_uri)
 
 
 def is_local(uri: str) -> bool:
@@ -47,6 +49,19 @@ def check_object(field: str, uri: str) -> None:
         raise SpecError(field, str(err)) from None
     if not found:
         raise SpecError(field, f"no such object: {uri}")
+
+
+def check_dataset(field: str, uri: str) -> None:
+    """A folder (an ImageFolder tree or tar shards), or the tar shards a pattern names:
+    the first and last must exist (reading the index names any other that is missing)."""
+    from kubeslim.data.shards import is_sharded, shard_names
+
+    if not is_sharded(uri):
+        check_tree(field, uri)
+        return
+    root, names = shard_names(uri, field)
+    for name in sorted({names[0], names[-1]}) if names else []:
+        check_object(field, f"{root}/{name}")
 
 
 def check_tree(field: str, uri: str) -> None:
