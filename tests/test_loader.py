@@ -103,3 +103,29 @@ def test_augmentations_keep_shape_and_dtype() -> None:
         gen = torch.Generator().manual_seed(0)
         out = augment(image, gen)
         assert out.shape == image.shape and out.dtype == torch.uint8
+
+
+class _Failing(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        raise self.error
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_errors_in_loader_processes_stay_one_line_kubeslim_errors(workers: int) -> None:
+    from kubeslim.errors import SpecError, StoreUnavailable
+
+    bad = SpecError("spec.dataset.uri", "s3://b/x/cat/1.jpg: no such artifact")
+    with pytest.raises(SpecError) as err:
+        list(loader(_Failing(bad), 2, workers=workers))
+    assert (err.value.field, err.value.message) == (bad.field, bad.message)
+    with pytest.raises(StoreUnavailable) as down:
+        list(loader(_Failing(StoreUnavailable("cannot reach the S3 endpoint")), 2, workers=workers))
+    assert str(down.value) == "cannot reach the S3 endpoint"
+    with pytest.raises(ZeroDivisionError):  # not ours: left as torch raises it
+        list(loader(_Failing(ZeroDivisionError("x")), 2, workers=workers))

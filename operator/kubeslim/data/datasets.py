@@ -7,6 +7,7 @@ identically for torch fine-tuning, NNCF calibration and OpenVINO accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from kubeslim import errors
 from kubeslim.api.spec import DatasetSpec, ModelSpec
 from kubeslim.data.arrays import ImageArrays, ImageSource, load_array_splits, per_channel
 from kubeslim.data.augment import Augment, choose, sample_generator
 from kubeslim.data.sampler import ShareSampler
 from kubeslim.data.splits import Splits
+from kubeslim.errors import KubeslimError, SpecError
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -124,6 +127,49 @@ def train_augment(spec: DatasetSpec, ds: Dataset[tuple[torch.Tensor, int]]) -> A
     return choose(spec.augmentation, tuple(image.shape), spec.resize)
 
 
+class Loader(DataLoader[tuple[torch.Tensor, int]]):
+    """A DataLoader whose loader processes' kubeslim errors (a missing S3 object, an
+    unreachable server) reach the stage as the same one-line errors and exit codes as
+    in-process; torch re-raises them as RuntimeErrors carrying the whole traceback."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # any iterator does
+        return _KubeslimErrors(super().__iter__())
+
+
+class _KubeslimErrors:
+    def __init__(self, batches: Iterator[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> _KubeslimErrors:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            raise
+        except Exception as err:
+            raise _from_worker(err) or err from None
+
+
+def _from_worker(err: Exception) -> KubeslimError | None:
+    """The kubeslim error at the end of a worker's traceback, rebuilt; None if other."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    name, _, message = (lines[-1] if lines else "").partition(": ")
+    kind = getattr(errors, name.removeprefix("kubeslim.errors."), None)
+    if not name.startswith("kubeslim.errors.") or not isinstance(kind, type):
+        return None
+    if issubclass(kind, SpecError):
+        field, _, text = message.partition(": ")
+        return kind(field, text)
+    if issubclass(kind, KubeslimError):
+        return kind(message)
+    return None
+
+
 def loader(
     ds: Dataset[tuple[torch.Tensor, int]],
     batch_size: int,
@@ -134,7 +180,7 @@ def loader(
     world_size: int = 1,
     workers: int = 0,
     augment: Augment | None = None,
-) -> DataLoader[tuple[torch.Tensor, int]]:
+) -> Loader:
     """A DataLoader of uint8 batches (preprocess them with Preprocess): rank's share of ds
     (kubeslim.data.sampler; `.sampler.set_epoch(e)` picks an epoch's order), read and
     augmented by `workers` processes."""
@@ -151,7 +197,7 @@ def loader(
     elif isinstance(ds, ImageTensorDataset):
         # Tensors already in memory: a worker would only add copies between processes.
         workers = 0
-    return DataLoader(
+    return Loader(
         ds,
         batch_size=batch_size,
         sampler=sampler,
