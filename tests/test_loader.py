@@ -129,3 +129,14 @@ def test_errors_in_loader_processes_stay_one_line_kubeslim_errors(workers: int) 
     assert str(down.value) == "cannot reach the S3 endpoint"
     with pytest.raises(ZeroDivisionError):  # not ours: left as torch raises it
         list(loader(_Failing(ZeroDivisionError("x")), 2, workers=workers))
+
+
+def test_a_resumed_epoch_skips_done_items_without_reading_them() -> None:
+    ds = torch.utils.data.TensorDataset(torch.arange(40), torch.zeros(40, dtype=torch.long))
+    lo = loader(ds, 4, shuffle=True, seed=2, rank=1, world_size=2)  # type: ignore[arg-type]
+    lo.sampler.set_epoch(3)  # type: ignore[attr-defined]
+    whole = [int(i) for x, _ in lo for i in x]
+    lo.sampler.set_epoch(3, start=8)  # type: ignore[attr-defined]
+    assert len(lo) == 3
+    assert [int(i) for x, _ in lo for i in x] == whole[8:]
+    assert len(lo) == 5 and [int(i) for x, _ in lo for i in x] == whole  # one pass only

@@ -49,10 +49,14 @@ class ShareSampler(Sampler[Key]):
         self.seed = seed
         self.keyed = keyed
         self.epoch = 0
+        self.start = 0
         self._epoch_fixed = False
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Fix the epoch; start > 0 skips that many of this rank's items in its next
+        pass (a run resumed mid-epoch goes on without reading the batches it did)."""
         self.epoch = epoch
+        self.start = start
         self._epoch_fixed = True
 
     def share(self, epoch: int) -> list[int]:
@@ -70,14 +74,17 @@ class ShareSampler(Sampler[Key]):
 
     def __len__(self) -> int:
         if self.shuffle:
-            return -(-self.n // self.world_size)
-        return len(range(self.rank, self.n, self.world_size))
+            full = -(-self.n // self.world_size)
+        else:
+            full = len(range(self.rank, self.n, self.world_size))
+        return max(0, full - self.start)
 
     def __iter__(self) -> Iterator[Key]:
-        epoch = self.epoch
+        epoch, start = self.epoch, self.start
+        self.start = 0  # a skip applies to one pass
         if not self._epoch_fixed:
             self.epoch += 1
-        share = self.share(epoch)
+        share = self.share(epoch)[start:]
         if self.keyed:
             return ((i, epoch) for i in share)
         return iter(share)
