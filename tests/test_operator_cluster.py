@@ -593,6 +593,7 @@ def test_suspend_resume_retry_and_cancel(env: Env) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the trainer and runtime images' builds when the cache misses
 def test_full_pipeline_on_digits_with_the_real_stages(
     env: Env, real_stages: dict[str, str]
 ) -> None:

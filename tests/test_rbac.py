@@ -12,10 +12,10 @@ the chart's ConfigMap as its environment.
   rule it completes; with any one verb removed it does not: the operator logs a 403, exits,
   or stops short of a milestone (bounded, no timing asserted).
 
-Run as a script, this file is the stand-in stage (`stage NAME --artifacts DIR ...`).
-These tests need the control plane the tests start: the stage commands and the artifact
-folder are host paths that only its fake kubelet runs Pods against; with --kubeconfig
-they skip.
+The stand-in stage is tests/cluster/standin.py (in its image on the real node, the
+`standin_stage` fixture); the artifacts are a claim the stage Pods mount, which the test
+reads and writes through `Cluster.pvc_dir`, so these tests need the control plane the
+tests start: with --kubeconfig they skip.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import copy
 import json
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -33,12 +32,12 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.plugin import ProjectImages, StandIn
 from tests.cluster.rig import free_port
 from tests.tools.chart import CHART, find, helm, one, render
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION, PLURAL = "kubeslim.dev", "v1alpha1", "modeloptimizations"
 RELEASE_NS = "kubeslim-rbac"
 # How long one variant may take before it counts as stuck; generous on 2 busy cores.
@@ -71,35 +70,6 @@ STANDIN: dict[str, Any] = {
     "dataset": {"name": "digits"},
     "execution": {"backoffLimit": 0},
 }
-
-
-# ---- the stand-in stage (this file run as a script) ----------------------------------
-
-
-def standin_stage(argv: list[str]) -> int:
-    """Print a progress line; prune waits for <artifacts>/release; write a StageResult."""
-    from tests.cluster.standin import commit_result
-
-    stage = argv[1]
-    opts = dict(zip(argv[2::2], argv[3::2], strict=False))
-    artifacts = Path(opts["--artifacts"])
-    artifacts.mkdir(parents=True, exist_ok=True)
-    print("KUBESLIM_PROGRESS " + json.dumps({"phase": "work", "step": 1, "steps": 2}), flush=True)
-    while stage == "prune" and not (artifacts / "release").exists():
-        time.sleep(0.1)
-    outputs = {
-        "prune": {"model": "model.pt"},
-        "convert": {"onnx": "m.onnx", "ir": "m.xml"},
-        "quantize": {"int8_ir": "int8.xml"},
-        "benchmark": {"report": "report.json"},
-    }
-    metrics: dict[str, Any] = {}
-    if stage == "benchmark":
-        metrics = {
-            "baseline": {"accuracy": 0.9, "throughputFps": 10.0, "sizeBytes": 4000},
-            "optimized": {"accuracy": 0.9, "throughputFps": 20.0, "sizeBytes": 1000},
-        }
-    return commit_result(stage, artifacts, opts["--result-file"], outputs[stage], metrics)
 
 
 # ---- the chart on the cluster --------------------------------------------------------
@@ -154,11 +124,12 @@ class Install:
         self.kubeconfig = cluster.service_account_kubeconfig(sa["namespace"], sa["name"])
         self.settings: dict[str, str] = dict(one(docs, "ConfigMap")["data"])
 
-    def start(self, stage_command: str, priority: int = 0) -> None:
+    def start(self, stages: dict[str, str], priority: int = 0) -> None:
+        """Run the operator with `stages`: its stage images and command (KUBESLIM_*)."""
         port = free_port()
         env = {
             **self.settings,
-            "KUBESLIM_STAGE_COMMAND": stage_command,
+            **stages,
             "KUBESLIM_PROGRESS_INTERVAL": "1",
             "KUBESLIM_HEALTH_PORT": str(port),
             "KUBESLIM_PRIORITY": str(priority),
@@ -246,7 +217,7 @@ def run_scenario(install: Install, namespace: str, artifacts: Path) -> None:
     """Touch every permission once; raises Broken at the first thing that does not happen."""
     deadline = time.monotonic() + VARIANT_BOUND_S
     name = "probe"
-    folder = artifacts / namespace / name
+    folder = StandIn.prepare(artifacts, namespace, name, {"gate": ["prune"]})
     _until("the operator's start", install, lambda: "watching" in install.log(), deadline)
     install.create(namespace, name, STANDIN, artifacts)
     # Finalizer and status patched; prune Job created; its progress read from the Pod log.
@@ -272,8 +243,7 @@ def run_scenario(install: Install, namespace: str, artifacts: Path) -> None:
         lambda: f"{name}-prune-g1" not in install.jobs(namespace, name),
         deadline,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "release").touch()
+    (folder / "release-prune").touch()
 
     def succeeded() -> bool:
         status = install.status(namespace, name)
@@ -302,16 +272,9 @@ def crds_applied(k8s_cluster: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def standin_command(crds_applied: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if not crds_applied.is_rig:
-        pytest.skip("the stand-in stage and local artifacts need the fake kubelet's host processes")
-    wrapper = tmp_path_factory.mktemp("standin") / "kubeslim-standin"
-    # PYTHONPATH: this file imports tests.tools when run as the stand-in stage.
-    wrapper.write_text(
-        f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {Path(__file__).resolve()} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return str(wrapper)
+def standin_command(crds_applied: Any, standin_stage: StandIn) -> dict[str, str]:
+    """The operator settings that run the stand-in stage in its image."""
+    return standin_stage.operator_env()
 
 
 def _namespace(cluster: Any, name: str) -> str:
@@ -343,18 +306,21 @@ VARIANTS = _variants()
 # ---- the tests -----------------------------------------------------------------------
 
 
-def test_chart_identity_takes_digits_to_succeeded(crds_applied: Any, tmp_path: Path) -> None:
+# Image builds count against the test's time when the cache misses (a trainer build
+# took over 15 min on the loaded test machine; `make test` builds them first).
+@pytest.mark.timeout(3600)
+def test_chart_identity_takes_digits_to_succeeded(
+    crds_applied: Any, real_stages: dict[str, str], tmp_path: Path
+) -> None:
     """Cluster scope, as rendered, with the real `kubeslim stage` on tiny digits."""
-    if not crds_applied.is_rig:
-        pytest.skip("stage Pods share artifacts through a local folder: the fake kubelet only")
-    kubeslim = shutil.which("kubeslim", path=str(Path(sys.executable).parent))
-    assert kubeslim, "the kubeslim console script is not installed in this environment"
     namespace = _namespace(crds_applied, "rbac-digits")
     install = Install(crds_applied, render(release="rbac-cluster", namespace=RELEASE_NS), tmp_path)
     assert install.settings["KUBESLIM_NAMESPACES"] == ""  # every namespace
-    install.start(kubeslim)
+    install.start(real_stages)
     try:
-        install.create(namespace, "digits", TINY_DIGITS, shared(crds_applied, namespace))
+        artifacts = shared(crds_applied, namespace)
+        StandIn.prepare(artifacts, namespace, "digits", {})  # a folder the stages may write
+        install.create(namespace, "digits", TINY_DIGITS, artifacts)
         deadline = time.monotonic() + REAL_BOUND_S
 
         def done() -> bool:
@@ -375,18 +341,25 @@ def test_chart_identity_takes_digits_to_succeeded(crds_applied: Any, tmp_path: P
         install.forget(namespace, "digits")
 
 
+@pytest.mark.timeout(3600)  # an operator image build, as above
 def test_helm_install_runs_the_operator_pod_and_uninstall_keeps_the_crd(
-    crds_applied: Any, tmp_path: Path
+    crds_applied: Any, request: pytest.FixtureRequest
 ) -> None:
-    """`helm install` for real: the chart's Deployment runs the operator as a Pod (the fake
-    kubelet runs `kubeslim operator` with the Pod's ServiceAccount token and the ConfigMap
-    as environment), which takes up a ModelOptimization; `helm uninstall` removes the
-    operator and its RBAC but leaves the CRD and the resources."""
+    """`helm install` for real: the chart's Deployment runs the operator as a Pod (in the
+    operator image on the real node; the fake kubelet runs `kubeslim operator` from the
+    checkout), which takes up a ModelOptimization; `helm uninstall` removes the operator
+    and its RBAC but leaves the CRD and the resources."""
     from kubernetes import client
 
     cluster = crds_applied
-    if not cluster.is_rig:
+    if not cluster.is_rig and cluster.node is None:
         pytest.skip("needs the test control plane: a real cluster would pull the images")
+    image: list[str] = []
+    if cluster.node is not None:
+        images: ProjectImages = request.getfixturevalue("project_image")
+        repository, tag = images.tag("operator").rsplit(":", 1)
+        image = ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+                 "--set", "image.pullPolicy=Never"]  # fmt: skip
     namespace = _namespace(cluster, "rbac-helm")
     kubeconfig = str(cluster.kubeconfig)
     installed = helm(
@@ -403,6 +376,7 @@ def test_helm_install_runs_the_operator_pod_and_uninstall_keeps_the_crd(
         f"rbac.namespaces={{{namespace}}}",
         "--set",
         f"operator.healthPort={free_port()}",
+        *image,
     )
     assert "kubeslim 0.1.0 is installed as rbac-helm-kubeslim" in installed.stdout
     assert f"kubectl get modeloptimizations -n {namespace} -w" in installed.stdout
@@ -456,7 +430,7 @@ def test_helm_install_runs_the_operator_pod_and_uninstall_keeps_the_crd(
 
 @pytest.mark.parametrize("scope", ["namespace", "cluster"])
 def test_all_rules_pass_the_scenario(
-    crds_applied: Any, standin_command: str, tmp_path: Path, scope: str
+    crds_applied: Any, standin_command: dict[str, str], tmp_path: Path, scope: str
 ) -> None:
     """The control: with every rule the scenario completes, so a variant's failure is the
     missing verb's doing. Both scopes, peering on (a KopfPeering or a ClusterKopfPeering)."""
@@ -482,7 +456,10 @@ def test_all_rules_pass_the_scenario(
 
 @pytest.mark.parametrize("drop", VARIANTS, ids=[_slug(v) for v in VARIANTS])
 def test_removing_one_verb_breaks_the_operator(
-    crds_applied: Any, standin_command: str, tmp_path: Path, drop: tuple[str, str, str]
+    crds_applied: Any,
+    standin_command: dict[str, str],
+    tmp_path: Path,
+    drop: tuple[str, str, str],
 ) -> None:
     namespace = _namespace(crds_applied, f"rbac-{_slug(drop)}"[:63])
     release = f"rbac-{_slug(drop)}"[:40].rstrip("-")
@@ -568,8 +545,3 @@ def _skip_unless_owner_references_are_enforced(install: Install, namespace: str)
         "this API server does not run OwnerReferencesPermissionEnforcement, so "
         "modeloptimizations/finalizers update is not needed here"
     )
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "operator"))
-    raise SystemExit(standin_stage(sys.argv[1:]))

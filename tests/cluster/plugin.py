@@ -133,29 +133,54 @@ def k8s_cluster(
             rig.stop()
 
 
+class ProjectImages:
+    """The project's images on the real node, each built by tests/images/build.py (cached
+    by input hash) and imported the first time a test asks for it: a test that needs the
+    operator image alone does not wait for a trainer build."""
+
+    def __init__(self, cluster: Cluster, kinds: tuple[str, ...]) -> None:
+        self.cluster = cluster
+        self.kinds = kinds  # those --node-images allows
+        self.tags: dict[str, str] = {}
+
+    def tag(self, kind: str) -> str:
+        """The imported image of `kind`; skips the test when --node-images leaves it out."""
+        if kind not in self.kinds:
+            pytest.skip(f"needs the {kind} image: --node-images leaves it out")
+        if kind not in self.tags:
+            from tests.images.build import build, build_lock
+
+            assert self.cluster.node is not None
+            # Held through the import too: another session's build would otherwise
+            # replace (and delete) the archive while this node reads it.
+            with build_lock():
+                built = build(kind)
+                self.cluster.node.images.import_archive(Path(built.archive), built.tag)
+            self.tags[kind] = built.tag
+        return self.tags[kind]
+
+
 @pytest.fixture(scope="session")
-def project_images(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The project's images by kind (operator, runtime, trainer) -> tag, built
-    by tests/images/build.py (cached by input hash) and imported into the real
-    node: those named by --node-images."""
+def project_image(request: pytest.FixtureRequest) -> ProjectImages:
+    """The project's images one kind at a time (`.tag("operator")`), those --node-images
+    names (all three by default)."""
     option = str(request.config.getoption("--node-images"))
     if not option:
         pytest.skip("needs the project's images: run with --node-images=KINDS")
     if request.config.getoption("--node") != "real" or request.config.getoption("--kubeconfig"):
         pytest.skip("--node-images imports into the rig's real node: add --node=real")
-    from tests.images.build import DEFAULT_KINDS, build_lock, images
+    from tests.images.build import DEFAULT_KINDS
 
     cluster: Cluster = request.getfixturevalue("k8s_cluster")
     assert cluster.node is not None
-    kinds = DEFAULT_KINDS if option == "all" else tuple(option.split(","))
-    tags = {}
-    # Held through the imports too: another session's build would otherwise replace
-    # (and delete) an archive while this node reads it.
-    with build_lock():
-        for kind, built in images(kinds).items():
-            cluster.node.images.import_archive(Path(built.archive), built.tag)
-            tags[kind] = built.tag
-    return tags
+    return ProjectImages(cluster, DEFAULT_KINDS if option == "all" else tuple(option.split(",")))
+
+
+@pytest.fixture(scope="session")
+def project_images(project_image: ProjectImages) -> dict[str, str]:
+    """The project's images by kind (operator, runtime, trainer) -> tag: all that
+    --node-images names, built and imported."""
+    return {kind: project_image.tag(kind) for kind in project_image.kinds}
 
 
 @dataclass(frozen=True)
@@ -221,11 +246,9 @@ def real_stages(request: pytest.FixtureRequest) -> dict[str, str]:
             pytest.skip("the project's stage images are imported into the rig's node")
         bin_dir = Path(sys.executable).parent
         return {"KUBESLIM_STAGE_COMMAND": str(bin_dir / "kubeslim")}
-    images: dict[str, str] = request.getfixturevalue("project_images")
-    if not {"trainer", "runtime"} <= set(images):
-        pytest.skip("needs the trainer and runtime images: --node-images=all")
+    images: ProjectImages = request.getfixturevalue("project_image")
     return {
-        "KUBESLIM_TRAINER_IMAGE": images["trainer"],
-        "KUBESLIM_RUNTIME_IMAGE": images["runtime"],
+        "KUBESLIM_TRAINER_IMAGE": images.tag("trainer"),
+        "KUBESLIM_RUNTIME_IMAGE": images.tag("runtime"),
         "KUBESLIM_IMAGE_PULL_POLICY": "Never",
     }
