@@ -56,20 +56,22 @@ quickstart: $(STAMP) data-deps
 	$(VENV)/bin/kubeslim train examples/quickstart.yaml --epochs 2 --lr 0.1 --if-missing
 	$(VENV)/bin/kubeslim run examples/quickstart.yaml
 
+# The whole suite; the cluster tests on the simulated node unless PYTEST_ARGS=--node=real
+# (docs/testing-cluster.md). CI runs the cluster tests on the real node instead (.ci/run).
 test: $(STAMP) system-deps cluster-tools images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The operator, runtime and trainer images, built with podman on a Debian base made with
 # mmdebstrap, tagged by a hash of their inputs: a warm run rebuilds nothing (docs/images.md).
-images: $(STAMP) system-deps
-	$(PY) -m tests.images.build
+# The system Python runs the builder (standard library only), so that `make -j3 install
+# cluster-tools images` builds the images while pip fills the venv and Go compiles.
+images: system-deps
+	$(PYTHON) -m tests.images.build
 
-# The real node's own tests, the rig's tests on it and the end-to-end tests through the
-# chart with the project's images (root; docs/testing-cluster.md). NODE_IMAGES= skips the
-# image builds and the tests that need them.
-NODE_IMAGES ?= all
-test-real-node: $(STAMP) system-deps cluster-tools
-	$(PY) -m pytest --node=real --node-images=$(NODE_IMAGES) tests/test_real_node.py tests/test_rig.py tests/test_e2e_node.py tests/test_e2e_distributed.py tests/test_e2e_upgrade.py $(PYTEST_ARGS)
+# Every cluster test on the real node (root): Pods in the project's images, the operator
+# tests' stand-in stage in its test image (docs/testing-cluster.md).
+test-real-node: $(STAMP) system-deps cluster-tools images
+	$(PY) -m pytest --node=real -m cluster $(PYTEST_ARGS)
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)

@@ -1,17 +1,17 @@
 """pytest plugin: the `k8s_cluster` fixture and its options.
 
 Without options the session starts the rig (tests/cluster/rig.py) the first
-time a test asks for `k8s_cluster` and stops it at the end, with a real node
-(tests/cluster/node.py: containerd, kubelet, kube-proxy, kube-scheduler; Pods
-run their images; needs root). The project's images (tests/images/build.py,
-cached by input hash) are built and imported on first use: `project_images`
-for the operator, runtime and trainer images (`--node-images=KINDS` narrows
-them, `--node-images=` skips the tests that need them), `standin_stage` for
-the cluster tests' stand-in stage image. `--node=fake` gives the rig the
-simulated kubelet instead (Pods run as local processes of the checkout,
-images ignored; no root needed): a developer's quick loop, not what CI runs.
-With `--kubeconfig PATH` the tests use that cluster instead (kind, k3s, a
-cloud cluster).
+time a test asks for `k8s_cluster` and stops it at the end; its node is the
+fake kubelet (Pods run as local processes of the checkout, images ignored; no
+root needed). `--node=real` (CI, `make test-real-node`) gives the rig a real
+node instead (tests/cluster/node.py: containerd, kubelet, kube-proxy,
+kube-scheduler; Pods run their images; needs root). There the project's images
+(tests/images/build.py, cached by input hash) are built and imported on first
+use: `project_image(s)` for the operator, runtime and trainer images
+(`--node-images=KINDS` narrows them, `--node-images=` skips the tests that need
+them), `standin_stage` for the operator tests' stand-in stage image. With
+`--kubeconfig PATH` the tests use that cluster instead (kind, k3s, a cloud
+cluster).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store",
         choices=("fake", "real"),
         default=os.environ.get("KUBESLIM_TEST_NODE", "fake"),
-        help="the test control plane's node: real (containerd + kubelet, the default; needs "
-        "root, runc and the CNI plugins) or fake (Pods as local processes of the checkout)",
+        help="the test control plane's node: fake (Pods as local processes, the default) or "
+        "real (containerd + kubelet; needs root, runc and the CNI plugins; what CI runs)",
     )
     parser.addoption(
         "--node-images",
