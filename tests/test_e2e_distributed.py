@@ -4,6 +4,10 @@ meeting at the rendezvous Service, artifacts and checkpoints on the real S3 serv
 
     pytest --node=real --node-images=all tests/test_e2e_distributed.py
 
+0. The mechanics alone (the trainer image, a gloo all-reduce in place of the stage):
+   the operator's Indexed Job and Service let two Pods meet without cluster DNS (Pod 0
+   reaches its own store through the ClusterIP), and killing one worker restarts the
+   group, which then completes.
 1. Two workers finish Succeeded with the masks identical across ranks and an accuracy
    within noise of one worker at the same global batch (and the same learning rate,
    which kubeslim scales with the number of processes).
@@ -18,10 +22,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from kubeslim.api.manifest import parse_spec
+from kubeslim.config import OperatorConfig
 from kubeslim.constants import KIND
-from kubeslim.executors.distributed import LABEL_COMPLETION_INDEX
-from tests.cluster.cluster import wait_for
+from kubeslim.executors.distributed import LABEL_COMPLETION_INDEX, LABEL_JOB_NAME
+from kubeslim.executors.job import Owner, build_job, build_service
+from kubeslim.planner import JobRequest
+from tests.cluster.cluster import Cluster, wait_for
+from tests.cluster.plugin import ProjectImages
 from tests.test_e2e_node import Install, install  # noqa: F401  (the chart, installed once)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.s3]
@@ -64,6 +74,97 @@ def spec(workers: int, checkpoint_every: int = 4) -> dict[str, Any]:
         "benchmark": {"enabled": False},
         "execution": {"backoffLimit": 2},
     }
+
+
+# Each rank all-reduces its rank + 1 STEPS times (the sum is 3 with two ranks).
+ALL_REDUCE = """
+import os, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+print("rendezvous", rank, os.environ["MASTER_ADDR"], flush=True)
+for step in range(int(os.environ["STEPS"])):
+    total = torch.ones(1) * (rank + 1)
+    dist.all_reduce(total)
+    assert total.item() == 3, total
+    if step % 20 == 0:
+        print("step", step, flush=True)
+    time.sleep(0.25)
+print("done", rank, flush=True)
+"""
+
+
+def _all_reduce_group(image: str, namespace: str, name: str, steps: int) -> list[dict[str, Any]]:
+    """The operator's Service and Indexed Job for a 2-worker prune, the stage swapped for
+    ALL_REDUCE under the same torchrun options. Not owned: no ModelOptimization exists
+    here, and the garbage collector would delete what names a missing owner."""
+    spec = parse_spec(
+        {
+            "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+            "dataset": {"name": "digits"},
+            "artifacts": {"uri": "s3://unused/runs"},
+            "pruning": {"distributed": {"workers": 2}},
+            "execution": {"backoffLimit": 2},
+        }
+    )
+    owner = Owner(name=name, namespace=namespace, uid="none")
+    request = JobRequest("prune", name, "0" * 64, 1)
+    config = OperatorConfig(trainer_image=image, image_pull_policy="Never")
+    job, service = build_job(spec, request, owner, config), build_service(spec, request, owner)
+    assert service is not None
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    torchrun = container["command"][: container["command"].index("-m", 3)]
+    container["command"] = [*torchrun, "--no-python", "python", "-c", ALL_REDUCE]
+    container["env"].append({"name": "STEPS", "value": str(steps)})
+    container.pop("envFrom", None)
+    for obj in (service, job):
+        del obj["metadata"]["ownerReferences"]
+    return [service, job]  # in the operator's order
+
+
+def _finished(batch: client.BatchV1Api, namespace: str, name: str) -> str:
+    status = batch.read_namespaced_job(name, namespace).status
+    done = [c.type for c in status.conditions or [] if c.status == "True"]
+    return next((t for t in done if t in ("Complete", "Failed")), "")
+
+
+def test_workers_meet_at_the_service_and_a_lost_worker_restarts_the_group(
+    k8s_cluster: Cluster, project_image: ProjectImages
+) -> None:
+    image = project_image.tag("trainer")
+    api = k8s_cluster.api_client()
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+
+    def pods(job: str, index: str) -> list[Any]:
+        found = core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB_NAME}={job}")
+        return [p for p in found.items if p.metadata.labels[LABEL_COMPLETION_INDEX] == index]
+
+    def log(pod: Any) -> str:
+        return str(k8s_cluster.pod_log(namespace, pod.metadata.name))
+
+    with k8s_cluster.scratch_namespace("rdzv") as namespace:
+        k8s_cluster.apply(_all_reduce_group(image, namespace, "meet", steps=8), namespace)
+        wait_for("meet", lambda: _finished(batch, namespace, "meet"), RUN_TIMEOUT_S)
+        assert _finished(batch, namespace, "meet") == "Complete"
+        service_ip = core.read_namespaced_service("meet", namespace).spec.cluster_ip
+        for index in ("0", "1"):
+            (pod,) = pods("meet", index)
+            assert f"rendezvous {index} {service_ip}" in log(pod)
+
+        k8s_cluster.apply(_all_reduce_group(image, namespace, "lose", steps=240), namespace)
+        wait_for(
+            "the group to all-reduce",
+            lambda: any("step 20" in log(p) for p in pods("lose", "0")),
+            RUN_TIMEOUT_S,
+        )
+        (victim,) = pods("lose", "1")
+        core.delete_namespaced_pod(victim.metadata.name, namespace, grace_period_seconds=0)
+        wait_for("lose", lambda: _finished(batch, namespace, "lose"), RUN_TIMEOUT_S)
+        status = batch.read_namespaced_job("lose", namespace).status
+        # Pod 0's all-reduce failed with its peer gone; both indexes ran again, together.
+        assert _finished(batch, namespace, "lose") == "Complete", status
+        assert status.succeeded == 2 and status.failed >= 2, status
+        zeros = pods("lose", "0")
+        assert len(zeros) >= 2 and any("done 0" in log(p) for p in zeros)
 
 
 class Runs:
