@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import kopf
+import pytest
 
 from kubeslim.api.status import ModelOptimizationStatus, Progress
 from kubeslim.config import OperatorConfig
@@ -374,3 +375,30 @@ def test_a_waiting_resource_keeps_its_place_in_the_queue(monkeypatch: Any) -> No
     decided = reconcile(rt, "ns", "b")
     assert decided is not None and decided.action == Action.wait_for_capacity
     assert table.queue == ["ns/b"] and not table.admissible("ns/b", [])
+
+
+def test_the_arrival_of_a_job_this_process_created_reconciles_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubeslim.constants import LABEL_NAME
+    from kubeslim.handlers import handle_event_job
+
+    looked: list[str] = []
+    monkeypatch.setattr(
+        handle_event_job, "reconcile", lambda rt, ns, name, running: looked.append(name)
+    )
+    rt = Runtime(config=OperatorConfig(), kube=None, table=SlotTable(1))  # type: ignore[arg-type]
+    rt.just_created("ns", "demo-prune-g1")
+
+    def event(type_: str | None) -> None:
+        handle_event_job.on_job_event(
+            namespace="ns", name="demo-prune-g1", type=type_, labels={LABEL_NAME: "demo"},
+            running_optimizations=None, rt=rt,
+        )  # fmt: skip
+
+    event("ADDED")  # our own create coming back: the status says it already
+    assert looked == []
+    event("MODIFIED")  # the Job controller's news
+    event("ADDED")  # once only: a watch restart's ADDED is looked at
+    event(None)  # the initial listing after a restart
+    assert looked == ["demo", "demo", "demo"]

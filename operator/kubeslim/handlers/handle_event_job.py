@@ -10,9 +10,18 @@ from kubeslim.handlers.reconcile import Runtime, reconcile
 
 
 def on_job_event(
-    namespace: str, labels: Any, running_optimizations: Any, rt: Runtime, **_: Any
+    namespace: str,
+    name: str,
+    type: str | None,
+    labels: Any,
+    running_optimizations: Any,
+    rt: Runtime,
+    **_: Any,
 ) -> None:
-    """Reconcile the owner named in the Job's label (an error is retried by the timer)."""
+    """Reconcile the owner named in the Job's label (an error is retried by the timer);
+    not for the arrival of a Job this process just created (its status says so already)."""
+    if type == "ADDED" and rt.first_sight(namespace, name):
+        return
     owner = labels.get(LABEL_NAME)
     if owner:
         reconcile(rt, namespace, owner, running_keys(running_optimizations))

@@ -103,8 +103,27 @@ class Runtime:
     table: SlotTable
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     shared_index: Any = None  # kopf's live index of shared stage results (handle_index.py)
+    # Jobs this process created whose ADDED event has not come yet: that event tells the
+    # status nothing new, and skipping its reconcile keeps a burst of creates moving.
+    _created: dict[str, None] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def just_created(self, namespace: str, job: str) -> None:
+        """Remember a Job this process created (the oldest forgotten past 10,000)."""
+        with self._guard:
+            self._created[f"{namespace}/{job}"] = None
+            while len(self._created) > 10_000:
+                del self._created[next(iter(self._created))]
+
+    def first_sight(self, namespace: str, job: str) -> bool:
+        """Whether this is the ADDED event of a Job this process created (once)."""
+        key = f"{namespace}/{job}"
+        with self._guard:
+            if key not in self._created:
+                return False
+            del self._created[key]
+            return True
 
     def lock(self, key: str) -> threading.Lock:
         """The lock of one resource."""
@@ -292,6 +311,7 @@ def _act(
             return _rejected(decided, request.name, api_error(err))
         if made:
             log.info("created Job %s/%s", namespace, request.name)
+            rt.just_created(namespace, request.name)
         else:
             _clear_the_way(rt, namespace, request.name, owner.uid, request.fingerprint)
     return decided
