@@ -237,3 +237,77 @@ def test_the_cleanup_job_runs_clean_with_the_stage_pods_access() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert job["spec"]["ttlSecondsAfterFinished"] > 0 and job["spec"]["backoffLimit"] >= 1
+
+
+class FakeKube:
+    """The three Job calls the deletion handler makes, on a Job in a given state."""
+
+    def __init__(self, job: dict[str, Any] | None) -> None:
+        self.job, self.created, self.deleted = job, [], []
+
+    def find_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.job
+
+    def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        self.created.append(body["metadata"]["name"])
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.deleted.append(name)
+
+    def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return []
+
+
+def cleanup_job(condition: str | None) -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded"}]
+    return {"metadata": {"name": "demo-cleanup-0b7c3d2e", "labels": {}},
+            "status": {"conditions": conditions if condition else []}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("job", "waited", "outcome"),
+    [
+        (None, 0, "waits"),  # the Job is created, then waited for
+        (cleanup_job(None), 10, "waits"),
+        (cleanup_job("Complete"), 10, "ArtifactsDeleted"),
+        (cleanup_job("Failed"), 10, "ArtifactsNotDeleted"),
+        (cleanup_job(None), 301, "ArtifactsNotDeleted"),  # bounded: deletion goes on
+    ],
+)
+def test_the_deletion_handler_never_holds_a_resource_for_good(
+    job: dict[str, Any] | None, waited: float, outcome: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+
+    import kopf
+
+    from kubeslim.handlers import handle_delete_optimization as handler
+
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda body, type, reason, message: events.append((type, reason))
+    )
+    kube = FakeKube(job)
+    rt = type("Rt", (), {"kube": kube, "config": CONFIG})()
+    spec = {
+        **SPEC,
+        "artifacts": {**SPEC["artifacts"], "retention": {"deleteOnResourceDeletion": True}},
+    }
+    assert handler.wants_cleanup(spec) and not handler.wants_cleanup(SPEC)
+
+    def delete() -> None:
+        handler.on_delete_artifacts(
+            body={}, spec=spec, namespace="team-a", name="demo", uid=OWNER.uid,
+            runtime=datetime.timedelta(seconds=waited), rt=rt,
+        )  # fmt: skip
+
+    if outcome == "waits":
+        with pytest.raises(kopf.TemporaryError):
+            delete()
+        assert events == [] and kube.created == (["demo-cleanup-0b7c3d2e"] if job is None else [])
+        return
+    delete()  # returns: kopf removes its finalizer and the resource goes
+    kind = "Normal" if outcome == "ArtifactsDeleted" else "Warning"
+    assert events == [(kind, outcome)]
+    assert kube.deleted == (["demo-cleanup-0b7c3d2e"] if waited > 300 else [])
