@@ -14,7 +14,7 @@ from kubeslim.api.status import ModelOptimizationStatus, Reason, State
 from kubeslim.constants import LABEL_NAME
 from kubeslim.executors.cleanup import build_cleanup_job
 from kubeslim.handlers.observe import dump_status
-from kubeslim.planner import Action, PlanInput, plan
+from kubeslim.planner import Action, ObservedJob, PlanInput, plan
 from kubeslim.planner.model import SharedStage
 from kubeslim.planner.shared import shared_for, shared_stages
 from kubeslim.planner.status import find_condition
@@ -311,3 +311,32 @@ def test_the_deletion_handler_never_holds_a_resource_for_good(
     kind = "Normal" if outcome == "ArtifactsDeleted" else "Warning"
     assert events == [(kind, outcome)]
     assert kube.deleted == (["demo-cleanup-0b7c3d2e"] if waited > 300 else [])
+
+
+def test_a_retry_after_a_failure_runs_the_shared_stages_as_its_own_jobs() -> None:
+    spec = spec_of()
+    offer = SharedStage(
+        owner="ns/demo", cache_key=f"prune/{'p' * 64}", outputs={"model": "model.pt"}
+    )
+    world = World(spec)
+    shared = {("prune", spec_fingerprints(spec)["prune"]): offer}
+
+    def step() -> Any:
+        decided = plan(
+            PlanInput(name="demo", namespace="ns", generation=1, spec=spec, status=world.status,
+                      jobs=list(world.jobs.values()), shared=shared, retry=world.retry)
+        )  # fmt: skip
+        world.status = decided.status
+        for request in decided.create:
+            world.jobs[request.name] = ObservedJob(
+                name=request.name, stage=request.stage, fingerprint=request.fingerprint,
+                generation=1, retry_round=request.retry_round, active=1,
+            )  # fmt: skip
+        return decided
+
+    assert [r.stage for r in step().create] == ["convert"]  # prune reused
+    # convert fails: say the cache entry was evicted before its Job copied it
+    world.fail("convert", "stage 'prune' has no result: run it first")
+    assert step().action == Action.failed
+    world.retry = "1"
+    assert [r.stage for r in step().create] == ["prune"]  # its own prune now, not the cache's

@@ -53,7 +53,7 @@ from kubeslim.planner.search import (
     search_status,
     within_parallelism,
 )
-from kubeslim.planner.shared import shared_message, shared_result
+from kubeslim.planner.shared import is_shared, shared_message, shared_result
 from kubeslim.planner.status import (
     ARTIFACT_FIELDS,
     STAGE_MESSAGE_LIMIT,
@@ -396,11 +396,13 @@ def _cancel(inp: PlanInput) -> Plan:
 
 def _begin_retry(inp: PlanInput) -> PlanInput:
     """kubeslim.dev/retry: a failed or cancelled pipeline runs its failed stage again
-    (new Jobs, named -r<round>); finished stages stay done."""
+    (new Jobs, named -r<round>); finished stages stay done, except those another
+    resource's result stood for: the failure may be that result gone from the cache,
+    so they run as this resource's own Jobs too."""
     old = inp.status
     stages = [
         s.model_copy(update={"state": StageState.pending, "message": "retried"})
-        if s.state == StageState.failed
+        if s.state == StageState.failed or (is_shared(s) and old.state == State.failed)
         else s
         for s in old.stages
     ]

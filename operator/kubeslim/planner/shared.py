@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubeslim.api.status import Artifacts, StageState
+from kubeslim.api.status import Artifacts, StageState, StageStatus
 from kubeslim.planner.model import SharedStage
 from kubeslim.planner.status import ARTIFACT_FIELDS
 
@@ -89,6 +89,16 @@ def shared_result(offer: SharedStage, uri: str) -> dict[str, Any]:
     return result
 
 
+SHARED_LEAD = "reused: "
+
+
 def shared_message(offer: SharedStage) -> str:
     """The stage's status message: whose result it reuses."""
-    return f"reused: {offer.owner} ran it with the same inputs (shared cache {offer.cache_key})"
+    return (
+        f"{SHARED_LEAD}{offer.owner} ran it with the same inputs (shared cache {offer.cache_key})"
+    )
+
+
+def is_shared(entry: StageStatus) -> bool:
+    """Whether a finished stage's entry is another resource's result (no Job of its own)."""
+    return entry.state == StageState.succeeded and entry.message.startswith(SHARED_LEAD)
