@@ -89,8 +89,10 @@ def main() -> int:
         row["speedupOverFirst"] = round(base / row["wallSeconds"], 2)
     where = "test cluster (tests/cluster/rig.py)" if args.cluster else "local (kubeslim run)"
     name = "search_parallelism_cluster" if args.cluster else "search_parallelism"
+    note = ("one run per setting on cores shared with other sessions' builds and tests: "
+            "loadAverage1m at each run's start and end says how busy they were")  # fmt: skip
     save(name, {**header(), "where": where, "cores": os.cpu_count(), "candidates": len(TARGETS),
-                "runs": rows})  # fmt: skip
+                "note": note, "runs": rows})  # fmt: skip
     return 0
 
 
@@ -101,11 +103,12 @@ def local(work: Path, ckpt: Path, args: argparse.Namespace) -> list[dict[str, An
         shutil.rmtree(artifacts, ignore_errors=True)
         manifest = work / f"search-p{p}.yaml"
         manifest.write_text(yaml.safe_dump(spec(ckpt, artifacts, p)))
-        started = time.monotonic()
+        load, started = os.getloadavg()[0], time.monotonic()
         kubeslim("run", str(manifest), "--quiet")
         wall = time.monotonic() - started
         search = SearchSpec(targets=TARGETS, max_accuracy_drop=0.03, parallelism=p)
-        rows.append({"parallelism": p, "effective": workers(search), "wallSeconds": round(wall, 1)})
+        rows.append({"parallelism": p, "effective": workers(search), "wallSeconds": round(wall, 1),
+                     "loadAverage1m": [round(load, 2), round(os.getloadavg()[0], 2)]})  # fmt: skip
         print(f"parallelism {p}: {wall:.1f} s", file=sys.stderr)
     return rows
 
@@ -148,7 +151,7 @@ def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str,
             body["spec"]["artifacts"]["volume"] = {"claimName": "artifacts"}
             body["metadata"] = {"name": f"search-p{p}", "namespace": "bench"}
             body["spec"]["execution"] = {"backoffLimit": 0}
-            started = time.monotonic()
+            load, started = os.getloadavg()[0], time.monotonic()
             custom.create_namespaced_custom_object(
                 "kubeslim.dev", "v1alpha1", "bench", "modeloptimizations", body
             )
@@ -156,11 +159,14 @@ def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str,
             wall = time.monotonic() - started
             if state != "Succeeded":
                 raise SystemExit(f"search-p{p} ended {state}:\n{operator.tail(3000)}")
-            rows.append({"parallelism": p, "effective": p, "wallSeconds": round(wall, 1)})
+            loads = [round(load, 2), round(os.getloadavg()[0], 2)]
+            row = {"parallelism": p, "effective": p, "wallSeconds": round(wall, 1)}
+            rows.append({**row, "loadAverage1m": loads})
             print(f"cluster, parallelism {p}: {wall:.1f} s", file=sys.stderr)
         return rows
     finally:
         rig.stop()
+        shutil.rmtree(fresh, ignore_errors=True)  # etcd's data: nothing to keep
 
 
 def wait_done(custom: Any, name: str, timeout: float = 3600) -> str:
