@@ -143,3 +143,52 @@ def test_cluster_status_carries_throughput_from_the_progress_line() -> None:
     assert dumped["imagesPerSecondPerWorker"] == 512.5
     assert dumped["loaderWaitShare"] == 0.1
     assert dumped["resumedFrom"] == 8
+
+
+def _replicated_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks: wrap, cut channels physically, train a step, compare."""
+    import os
+
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    from kubeslim.api.spec import DistributedBackend
+    from kubeslim.models import ddp
+
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    ddp.init(DistributedBackend.gloo, cuda=False)
+    torch.manual_seed(rank)  # different weights per rank: DDP starts them from rank 0's
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    replica = ddp.Replicated(model, torch.device("cpu"))
+    first = replica.training_model()
+    same = replica.training_model() is first
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 1, 8, 8))
+    graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=[0, 1, 2]).prune()
+    second = replica.training_model()
+    second(torch.randn(4, 1, 8, 8) + rank).sum().backward()  # each rank its own data
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    every = ddp.gather((grads, [p.detach().clone() for p in model.parameters()]))
+    if rank == 0:
+        (g0, p0), (g1, p1) = every
+        agree = all(torch.equal(a, b) for a, b in zip(g0 + p0, g1 + p1, strict=True))
+        Path(out).write_text(json.dumps([same, second is not first, len(grads), agree]))
+    ddp.shutdown()
+
+
+def test_ddp_is_rebuilt_when_pruning_changes_the_shapes(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from kubeslim.stages.distributed import free_port
+
+    out = tmp_path / "out.json"
+    mp.spawn(_replicated_worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    same, rebuilt, n_grads, agree = json.loads(out.read_text())
+    assert same and rebuilt  # reused while the shapes held, rewrapped after the cut
+    assert n_grads == 6 and agree  # every parameter's gradient averaged over both ranks
