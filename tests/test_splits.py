@@ -110,7 +110,9 @@ def test_fine_tuning_sees_only_the_train_split(
     class Stop(Exception):
         pass
 
-    def capture(self: Any, model: Any, example: Any, num_classes: int, data: Any) -> Any:
+    def capture(
+        self: Any, model: Any, example: Any, num_classes: int, data: Any, *rest: Any
+    ) -> Any:
         seen.append(data.train.dataset)
         raise Stop
 

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from kubeslim.data.augment import choose
-from kubeslim.data.datasets import Preprocess, loader
+from kubeslim.data.datasets import Preprocess, loader, train_augment
 from kubeslim.models import ddp
 from kubeslim.models.checkpoint import Checkpointer
 from kubeslim.models.training import count_correct, pick_device
@@ -50,7 +49,9 @@ def _prune(ctx: StageContext, device: torch.device, rank: Rank) -> StageOutput:
     splits = ctx.splits
     ctx.reporter.phase("evaluate-original")
     acc_before = _accuracy(model.to(device), splits.test, ctx.preprocess, device, rank)
-    augment = choose(spec.dataset.augmentation, tuple(spec.model.input_shape), spec.dataset.resize)
+    # The rule looks at the data, not the model: a 1-channel dataset fed to a
+    # 3-channel model stays unaugmented (kubeslim.data.augment).
+    augment = train_augment(spec.dataset, splits.train)
     train = loader(
         splits.train,
         spec.pruning.fine_tune.batch_size,
