@@ -76,4 +76,7 @@ def kubeslim(
 
 
 def result_files(root: Path) -> list[Path]:
-    return sorted(root.rglob("result.json")) if root.exists() else []
+    """The run's stage results below root (not the entries of the shared cache, root/cache)."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("result.json") if p.relative_to(root).parts[0] != "cache")
