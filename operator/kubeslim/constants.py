@@ -24,6 +24,12 @@ MANAGED_BY = "kubeslim"
 # The server-side selector of the operator's Job watch: its stage Jobs only.
 JOB_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{GROUP}/modeloptimization"
 
+# Threads kopf runs the operator's (synchronous) handlers in, and the API client's
+# connections to match. Handlers mostly wait on the API server: with kopf's default
+# (cores + 4 = 6 here) a burst of 100 new resources queued behind each other's calls,
+# apply -> first Job p99 6.6 s; with 16, 0.8 s (benchmarks/RESULTS.md 4d).
+HANDLER_THREADS = 16
+
 # Where kopf keeps its own bookkeeping (annotations, not status: see README).
 KOPF_PREFIX = GROUP
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from kubeslim.constants import JOB_SELECTOR, KOPF_PREFIX
+from kubeslim.constants import HANDLER_THREADS, JOB_SELECTOR, KOPF_PREFIX
 
 
 def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -34,3 +34,4 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own Events say what happened; kopf's per-handler log lines stay in the log.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "kubeslim-operator"
+    settings.execution.max_workers = HANDLER_THREADS

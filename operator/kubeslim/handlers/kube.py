@@ -14,7 +14,15 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from kubeslim.constants import GROUP, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, PLURAL, VERSION
+from kubeslim.constants import (
+    GROUP,
+    HANDLER_THREADS,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    PLURAL,
+    VERSION,
+)
 from kubeslim.errors import KubeslimError
 
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -41,7 +49,11 @@ class Kube:
                 raise KubeslimError(
                     f"no cluster credentials: not in a Pod, and no usable kubeconfig ({err})"
                 ) from None
-        api = client.ApiClient()
+        settings = client.Configuration.get_default_copy()
+        # One connection per handler thread: a full pool drops connections, and each new
+        # one costs a TLS handshake.
+        settings.connection_pool_maxsize = HANDLER_THREADS + 4
+        api = client.ApiClient(settings)
         return cls(api, client.BatchV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api))
 
     def plain(self, obj: Any) -> Any:
