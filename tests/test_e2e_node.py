@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kubeslim.constants import API_VERSION, GROUP, KIND, LABEL_NAME, LABEL_STAGE, PLURAL, VERSION
+from kubeslim.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_FINGERPRINT,
+    LABEL_GENERATION,
+    LABEL_NAME,
+    LABEL_STAGE,
+    PLURAL,
+    VERSION,
+)
 from tests.cluster.cluster import Cluster, wait_for
 from tests.s3.plugin import S3Server
 from tests.tools.chart import CHART, helm
@@ -99,6 +109,13 @@ class Install:
 
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def edit(self, name: str, spec: dict[str, Any]) -> None:
+        """A merge patch of the spec, as `kubectl edit` or a GitOps sync makes it."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
     def status(self, name: str) -> dict[str, Any]:
         obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
@@ -277,3 +294,33 @@ def test_killing_the_operator_mid_run_resumes_without_a_duplicate_job(install: I
     assert new.metadata.name != old.metadata.name
     assert len(stage_jobs("prune")) == 1
     install.delete("failover")
+
+
+def test_an_edit_mid_run_is_picked_up(install: Install) -> None:
+    """docs/operator.md, "Spec edits": the running prune Job of the old spec is deleted,
+    prune and the stages after it run as new Jobs of the new generation, and the final
+    status is the edited spec's."""
+    install.start_pruning("edited", epochs=20)
+    (old,) = install.jobs("edited")
+    # Another filter rate and one epoch: prune's inputs change (so does its fingerprint).
+    target = {"filterRate": 0.5}
+    install.edit("edited", {"pruning": {"target": target, "fineTune": {"epochs": 1}}})
+    status = install.wait_state("edited", ("Succeeded", "Failed"), RUN_TIMEOUT_S)
+    assert status["state"] == "Succeeded", install.diagnose("edited")
+    assert status["observedGeneration"] == 2
+    jobs = install.jobs("edited")
+    assert old.metadata.name not in {j.metadata.name for j in jobs}  # deleted mid-run
+    assert {j.metadata.labels[LABEL_STAGE] for j in jobs} == {
+        "prune", "convert", "quantize", "benchmark"
+    }  # fmt: skip
+    assert all(j.metadata.labels[LABEL_GENERATION] == "2" for j in jobs), [
+        j.metadata.name for j in jobs
+    ]
+    prune = next(s for s in status["stages"] if s["name"] == "prune")
+    assert prune["state"] == "Succeeded"
+    assert not prune["fingerprint"].startswith(old.metadata.labels[LABEL_FINGERPRINT])
+    stored = install.custom.get_namespaced_custom_object(
+        GROUP, VERSION, install.namespace, PLURAL, "edited"
+    )
+    assert stored["spec"]["pruning"]["target"] == target
+    install.delete("edited")

@@ -346,7 +346,9 @@ def test_import_image_makes_a_docker_archive_runnable(
 ) -> None:
     """The path every image takes here: a docker-archive imported into the
     node's containerd, then run with imagePullPolicy Never. This one is the
-    test image's layer plus one with a script."""
+    test image's layer plus one with a script. An older build (another tag of
+    the same repository) leaves the store with the import, so the store that
+    outlives nodes keeps one build of each image."""
     from tests.cluster.node_images import test_base_archive, write_docker_archive
 
     with tarfile.open(test_base_archive(ARCHIVES)[1]) as tar:
@@ -357,11 +359,16 @@ def test_import_image_makes_a_docker_archive_runnable(
         member = tarfile.TarInfo("hello.py")
         member.size = len(script)
         top.addfile(member, io.BytesIO(script))
-    tag = f"localhost/kubeslim/imported:{secrets.token_hex(3)}"
+    repository = f"localhost/kubeslim/imported-{secrets.token_hex(3)}"
     layers = [tmp_path / manifest["Layers"][0], tmp_path / "top.tar"]
+    older = write_docker_archive(tmp_path / "older.tar", f"{repository}:older", layers, ["true"])
+    cluster.import_image(older, f"{repository}:older")
+    tag = f"{repository}:newer"
     archive = write_docker_archive(tmp_path / "image.tar", tag, layers, ["python", "/hello.py"])
 
     assert cluster.import_image(archive, tag) == tag
+    assert cluster.node is not None
+    assert f"{repository}:older" not in cluster.node.images.names()
     manifest_pod = pod("imported", tag, "")
     del manifest_pod["spec"]["containers"][0]["command"]
     cluster.apply(manifest_pod, namespace=namespace)

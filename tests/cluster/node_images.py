@@ -171,13 +171,17 @@ class ImageStore:
 
         `--local` unpacks in the client, as containerd 1.x did: the
         transfer service of 2.x does not unpack docker-archives for the CRI's
-        snapshotter on its own.
+        snapshotter on its own. `--discard-unpacked-layers` lets containerd drop
+        the layer blobs once unpacked (Pods need only the snapshots), so an image
+        takes its size on disk once, not twice (the trainer: 5.7 GB saved).
         """
         if tag and self.has(tag):
             return
+        if tag:
+            self.drop_other_builds(tag)
         check_disk(self.root, archive)
         log.info("importing %s into the node's containerd", archive)
-        result = self._ctr("images", "import", "--local", str(archive))
+        result = self._ctr("images", "import", "--local", "--discard-unpacked-layers", str(archive))
         if result.returncode != 0:
             raise ImageError(f"ctr images import {archive} failed: {result.stderr.strip()}")
         if tag and not self.has(tag):
@@ -185,7 +189,19 @@ class ImageStore:
 
     def remove_image(self, tag: str) -> None:
         """Untag an image; containerd collects layers no other image uses."""
-        self._ctr("images", "remove", tag)
+        self._ctr("images", "remove", "--sync", tag)
+
+    def drop_other_builds(self, tag: str) -> list[str]:
+        """Remove the store's other tags of `tag`'s repository before importing it: the
+        project's images are tagged by a hash of their inputs, so an older tag is an older
+        build that no session runs again, and the store outlives nodes (six trainer builds
+        of 5.7 GB once filled 19 GB here). One node runs at a time, so none is in use."""
+        repository = tag.rpartition(":")[0]
+        stale = [n for n in self.names() if n != tag and n.rpartition(":")[0] == repository]
+        for name in stale:
+            log.info("removing %s from the node's image store (an older build)", name)
+            self.remove_image(name)
+        return stale
 
     def remove_containers(self) -> int:
         """Delete every container and sandbox (not images): what Pods leave in

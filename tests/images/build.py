@@ -265,16 +265,7 @@ def _build(kind: str) -> BuiltImage:
         # Only now: until the new image is tagged, the old one keeps the layers it shares.
         drop_stale_images(ref)
         drop_stale_builders(kind, builder_ref(kind, base))
-    _save_archive(ref, archive)
-    return BuiltImage(
-        kind=kind,
-        tag=ref,
-        archive=archive,
-        size_bytes=image_size(ref),
-        archive_bytes=archive.stat().st_size,
-        built=built,
-        seconds=round(time.monotonic() - started, 1),
-    )
+    return _saved(kind, ref, archive, built, started)
 
 
 def _tags(repo: str) -> list[str]:
@@ -426,25 +417,25 @@ def standin_image() -> BuiltImage:
                      "--build-arg", f"RUNTIME_IMAGE={runtime.tag}", "-t", ref, str(context)],
                     stdout=subprocess.DEVNULL)  # fmt: skip
             drop_stale_images(ref)
-        _save_archive(ref, archive)
-        return BuiltImage(
-            kind="standin",
-            tag=ref,
-            archive=archive,
-            size_bytes=image_size(ref),
-            archive_bytes=archive.stat().st_size,
-            built=built,
-            seconds=round(time.monotonic() - started, 1),
-        )
+        return _saved("standin", ref, archive, built, started)
 
 
-def _save_archive(ref: str, archive: Path) -> None:
-    """The docker-archive a node imports, written once per image."""
+def _saved(kind: str, ref: str, archive: Path, built: bool, started: float) -> BuiltImage:
+    """Write the docker-archive a node imports (once per image) and describe the image."""
     if not archive.exists():
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
         run([*PODMAN, "save", "--format", "docker-archive", "-o", str(partial), ref])
         partial.rename(archive)
+    return BuiltImage(
+        kind=kind,
+        tag=ref,
+        archive=archive,
+        size_bytes=image_size(ref),
+        archive_bytes=archive.stat().st_size,
+        built=built,
+        seconds=round(time.monotonic() - started, 1),
+    )
 
 
 def images(kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[str, BuiltImage]:
