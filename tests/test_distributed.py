@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubeslim.api.spec import ModelOptimizationSpec
-from kubeslim.stages.distributed import current_rank, torchrun_command, world_size
+from kubeslim.stages.distributed import (
+    current_rank,
+    local_command,
+    torchrun_command,
+    world_size,
+)
 from tests.pipeline_helpers import kubeslim, manifest, write
 
 
@@ -25,7 +32,7 @@ def test_torchrun_command_for_an_indexed_job_node() -> None:
     assert cmd == [
         "py",
         "-m",
-        "torch.distributed.run",
+        "kubeslim.stages.torchrun",
         "--nnodes=2",
         "--nproc-per-node=4",
         "--node-rank=$(JOB_COMPLETION_INDEX)",
@@ -192,3 +199,15 @@ def test_ddp_is_rebuilt_when_pruning_changes_the_shapes(tmp_path: Path) -> None:
     same, rebuilt, n_grads, agree = json.loads(out.read_text())
     assert same and rebuilt  # reused while the shapes held, rewrapped after the cut
     assert n_grads == 6 and agree  # every parameter's gradient averaged over both ranks
+
+
+@pytest.mark.parametrize(("worker_exit", "expected"), [(2, 2), (3, 1), (0, 0)])
+def test_torchrun_keeps_a_workers_bad_input_exit_code(worker_exit: int, expected: int) -> None:
+    """torchrun alone exits 1 for any failed worker; a Job then retries bad input."""
+    spec = _spec(distributed={"workers": 2})
+    cmd = local_command(spec, ["-c", f"import sys; sys.exit({worker_exit})"], sys.executable)
+    # The workers: a plain interpreter exiting with the code (not `-m kubeslim`).
+    at = cmd.index("kubeslim") - 1
+    cmd[at : at + 2] = ["--no-python", sys.executable]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == expected, done.stderr[-2000:]

@@ -71,7 +71,7 @@ def test_each_pod_runs_torchrun_with_its_index_as_node_rank() -> None:
     job, service = build(distributed={"workers": 3})
     assert service is not None
     command = container(job)["command"]
-    assert command[:3] == ["python", "-m", "torch.distributed.run"]
+    assert command[:3] == ["python", "-m", "kubeslim.stages.torchrun"]
     opts = options(command)
     host = f"$({service_host_variable(service['metadata']['name'])})"
     assert opts == {

@@ -63,7 +63,8 @@ def torchrun_command(
     rdzv_backend: str = "c10d",
     nproc_per_node: int | None = None,
 ) -> list[str]:
-    """`python -m torch.distributed.run ... -m kubeslim STAGE_ARGV` for one node.
+    """`python -m kubeslim.stages.torchrun ... -m kubeslim STAGE_ARGV` for one node
+    (torchrun itself, but a worker's exit 2, bad input, stays 2).
 
     nnodes: 1 locally, spec.pruning.distributed.workers on a cluster (one Pod each).
     node_rank_expr: this node's rank as the command should carry it, e.g.
@@ -78,7 +79,7 @@ def torchrun_command(
     cmd = [
         python,
         "-m",
-        "torch.distributed.run",
+        "kubeslim.stages.torchrun",
         f"--nnodes={nnodes}",
         f"--nproc-per-node={nproc_per_node or procs_per_worker(spec)}",
     ]
