@@ -1,8 +1,8 @@
 """Wall time of a 4-candidate search with parallelism 1, 2 and 4, as ratios.
 
 The compact CNN on scikit-learn's digits, trained once and cached in the benchmark
-work dir; each run starts from an empty artifacts dir, so nothing is reused between
-parallelism settings.
+work dir; each run starts from an empty artifacts dir and shared cache, so nothing is
+reused between parallelism settings.
 
 - local (default): `kubeslim run`, candidates as processes. The number of cores caps
   parallelism (executors/search.py), so on a 2-core machine parallelism 4 runs two
@@ -146,6 +146,9 @@ def on_cluster(work: Path, ckpt: Path, parallelism: list[int]) -> list[dict[str,
             # at artifacts.uri: the checkpoint goes there too.
             claim = cluster.pvc_dir("bench", "artifacts")
             shutil.rmtree(claim / "bench" / f"search-p{p}", ignore_errors=True)
+            # The resources share artifacts.uri, hence its cache of stage outputs: emptied,
+            # or every run after the first would copy the candidates instead of computing.
+            shutil.rmtree(claim / "cache", ignore_errors=True)
             shutil.copyfile(ckpt, claim / "baseline.pt")
             body = spec(Path(f"{MOUNT}/baseline.pt"), Path(MOUNT), p)
             body["spec"]["artifacts"]["volume"] = {"claimName": "artifacts"}
