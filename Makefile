@@ -56,10 +56,11 @@ quickstart: $(STAMP) data-deps
 	$(VENV)/bin/kubeslim train examples/quickstart.yaml --epochs 2 --lr 0.1 --if-missing
 	$(VENV)/bin/kubeslim run examples/quickstart.yaml
 
-# The whole suite; the cluster tests on the simulated node unless PYTEST_ARGS=--node=real
-# (docs/testing-cluster.md). CI runs the cluster tests on the real node instead (.ci/run).
+# The whole suite: the tests without a cluster, then every cluster test on the real node
+# (root: containerd, kubelet, Pods in the project's images; docs/testing-cluster.md).
 test: $(STAMP) system-deps cluster-tools images
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
+	$(PY) -m pytest --node=real -m cluster $(PYTEST_ARGS)
 
 # The operator, runtime and trainer images, built with podman on a Debian base made with
 # mmdebstrap, tagged by a hash of their inputs: a warm run rebuilds nothing (docs/images.md).
