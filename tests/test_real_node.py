@@ -95,7 +95,11 @@ class NodeProcess:
                 env=env,
                 cwd=ROOT,
             )
-        wait_for("the node to be ready", self._ready, 300.0, interval=0.5)
+        try:
+            wait_for("the node to be ready", self._ready, 300.0, interval=0.5)
+        except BaseException:
+            self.kill()  # else it outlives the test and holds the machine's one node
+            raise
         line = next(ln for ln in self.log.read_text().splitlines() if "KUBECONFIG=" in ln)
         self.kubeconfig = line.split("KUBECONFIG=", 1)[1].strip()
 
@@ -143,6 +147,7 @@ class NodeProcess:
             self.proc.wait()
 
 
+@pytest.mark.own_node
 def test_stopped_node_leaves_the_host_as_it_was(tmp_path: Path) -> None:
     before = hoststate.snapshot(STATE_DIR)
     node = NodeProcess(tmp_path)
@@ -157,6 +162,7 @@ def test_stopped_node_leaves_the_host_as_it_was(tmp_path: Path) -> None:
     assert hoststate.HostRecord.load() is None
 
 
+@pytest.mark.own_node
 def test_killed_node_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
     before = hoststate.snapshot(STATE_DIR)
     node = NodeProcess(tmp_path)

@@ -66,12 +66,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real_node: needs the rig's real node (--node=real)")
+    config.addinivalue_line(
+        "markers", "own_node: starts a real node of its own, so it runs before the session's"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip real_node tests up front without --node=real (before any fixture
-    would start a cluster for them)."""
+    would start a cluster for them). With it, the own_node tests go first: one node
+    runs on a machine at a time, and the session's, once started, lives to the end."""
     if config.getoption("--node") == "real":
+        items.sort(key=lambda item: item.get_closest_marker("own_node") is None)
         return
     skip = pytest.mark.skip(reason="tests of the real node: run with --node=real")
     for item in items:
