@@ -56,11 +56,10 @@ quickstart: $(STAMP) data-deps
 	$(VENV)/bin/kubeslim train examples/quickstart.yaml --epochs 2 --lr 0.1 --if-missing
 	$(VENV)/bin/kubeslim run examples/quickstart.yaml
 
-# The whole suite: the tests without a cluster, then every cluster test on the real node
-# (root: containerd, kubelet, Pods in the project's images; docs/testing-cluster.md).
+# The whole suite, the cluster tests on the simulated node (docs/testing-cluster.md);
+# CI then runs the real node's tests (`make test-real-node`, below).
 test: $(STAMP) system-deps cluster-tools images
-	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
-	$(PY) -m pytest --node=real -m cluster $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The operator, runtime and trainer images, built with podman on a Debian base made with
 # mmdebstrap, tagged by a hash of their inputs: a warm run rebuilds nothing (docs/images.md).
@@ -69,10 +68,12 @@ test: $(STAMP) system-deps cluster-tools images
 images: system-deps
 	$(PYTHON) -m tests.images.build
 
-# Every cluster test on the real node (root): Pods in the project's images, the operator
-# tests' stand-in stage in its test image (docs/testing-cluster.md).
+# The real node's own tests, the rig's tests on it, and the end-to-end tests through the
+# chart with the project's images (root; docs/testing-cluster.md). `pytest --node=real
+# -m cluster` runs every cluster test there (tests/test_e2e_distributed.py among them).
+REAL_NODE_TESTS ?= tests/test_real_node.py tests/test_rig.py tests/test_e2e_node.py tests/test_e2e_upgrade.py
 test-real-node: $(STAMP) system-deps cluster-tools images
-	$(PY) -m pytest --node=real -m cluster $(PYTEST_ARGS)
+	$(PY) -m pytest --node=real $(REAL_NODE_TESTS) $(PYTEST_ARGS)
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)
