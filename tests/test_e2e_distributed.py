@@ -139,7 +139,12 @@ def test_workers_meet_at_the_service_and_a_lost_worker_restarts_the_group(
         return [p for p in found.items if p.metadata.labels[LABEL_COMPLETION_INDEX] == index]
 
     def log(pod: Any) -> str:
-        return str(k8s_cluster.pod_log(namespace, pod.metadata.name))
+        try:
+            return str(k8s_cluster.pod_log(namespace, pod.metadata.name))
+        except client.ApiException as err:  # 400 while the container is still being created
+            if err.status == 400:
+                return ""
+            raise
 
     with k8s_cluster.scratch_namespace("rdzv") as namespace:
         k8s_cluster.apply(_all_reduce_group(image, namespace, "meet", steps=8), namespace)

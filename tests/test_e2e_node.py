@@ -324,3 +324,37 @@ def test_an_edit_mid_run_is_picked_up(install: Install) -> None:
     )
     assert stored["spec"]["pruning"]["target"] == target
     install.delete("edited")
+
+
+def test_pods_that_cannot_start_show_why_in_status(install: Install) -> None:
+    """Issue 13 item 5 on the real node. An image that is not there, with the chart's
+    pull policy Never (as here: no registry), can never start: the run fails at once
+    naming the kubelet's reason instead of holding a slot. A GPU that no node has may
+    appear later: the prune stage's condition says Unschedulable while the run waits."""
+    absent = "127.0.0.1:9/kubeslim/absent:1"
+    install.create("nopull", {**SPEC, "execution": {**SPEC["execution"], "trainerImage": absent}})
+    install.create("nogpu", {**SPEC, "pruning": {**SPEC["pruning"], "gpu": True}})
+
+    def condition(name: str, kind: str) -> dict[str, Any]:
+        conditions = install.status(name).get("conditions") or []
+        return next((c for c in conditions if c["type"] == kind), {})
+
+    status = install.wait_state("nopull", ("Failed", "Succeeded"), OPERATOR_TIMEOUT_S)
+    failed = condition("nopull", "Failed")
+    assert (status["state"], failed.get("reason")) == ("Failed", "PodCannotStart"), status
+    assert "ErrImageNeverPull" in failed["message"] and absent in failed["message"], failed
+    try:
+        wait_for(
+            "nogpu's Pruned condition to say Unschedulable",
+            lambda: condition("nogpu", "Pruned").get("reason") == "Unschedulable",
+            OPERATOR_TIMEOUT_S,
+            interval=2.0,
+        )
+    except TimeoutError as err:
+        raise AssertionError(f"{err}\n{install.diagnose('nogpu')}") from None
+    prune = next(s for s in install.status("nogpu")["stages"] if s["name"] == "prune")
+    assert prune["message"].startswith("Pod cannot start yet: Unschedulable"), prune
+    assert "nvidia.com/gpu" in prune["message"]
+    assert install.status("nogpu")["state"] == "Running"
+    install.delete("nopull")
+    install.delete("nogpu")
