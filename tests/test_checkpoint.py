@@ -59,7 +59,8 @@ def _kill_launcher_after_first_checkpoint(path: Path, artifacts: Path) -> int:
             assert proc.poll() is None, "the run ended before writing a checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
             time.sleep(0.05)
-        (launcher,) = [p for p in _processes_using(artifacts) if b"kubeslim.stages.torchrun" in p[1]]
+        launchers = _processes_using(artifacts)
+        (launcher,) = [p for p in launchers if b"kubeslim.stages.torchrun" in p[1]]
         os.kill(launcher[0], signal.SIGKILL)
         assert proc.wait(timeout=600) != 0
     finally:
