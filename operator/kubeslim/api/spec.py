@@ -648,8 +648,7 @@ class ArtifactsSpec(ApiModel):
     )
     retention: RetentionSpec = Field(
         default_factory=RetentionSpec,
-        description="retention says which outputs are kept and whether they go with the "
-        "resource.",
+        description="retention says which outputs are kept and whether they go with the resource.",
     )
 
 
@@ -722,8 +721,7 @@ class ExecutionSpec(ApiModel):
     pod_annotations: dict[str, str] = Field(
         default={},
         max_length=32,
-        description="podAnnotations on every stage Pod (e.g. sidecar.istio.io/inject: "
-        "'false').",
+        description="podAnnotations on every stage Pod (e.g. sidecar.istio.io/inject: 'false').",
     )
     trainer_image: str | None = Field(
         default=None,
