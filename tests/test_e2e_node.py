@@ -332,8 +332,16 @@ def test_pods_that_cannot_start_show_why_in_status(install: Install) -> None:
     naming the kubelet's reason instead of holding a slot. A GPU that no node has may
     appear later: the prune stage's condition says Unschedulable while the run waits."""
     absent = "127.0.0.1:9/kubeslim/absent:1"
-    install.create("nopull", {**SPEC, "execution": {**SPEC["execution"], "trainerImage": absent}})
-    install.create("nogpu", {**SPEC, "pruning": {**SPEC["pruning"], "gpu": True}})
+    # Filter rates no other test here uses: with SPEC's own, prune's fingerprint matches
+    # an earlier test's run and the stage cache reuses it without starting a Pod (CI did).
+    install.create("nopull", {
+        **SPEC,
+        "pruning": {**SPEC["pruning"], "target": {"filterRate": 0.2}},
+        "execution": {**SPEC["execution"], "trainerImage": absent},
+    })  # fmt: skip
+    install.create("nogpu", {
+        **SPEC, "pruning": {**SPEC["pruning"], "gpu": True, "target": {"filterRate": 0.4}}
+    })  # fmt: skip
 
     def condition(name: str, kind: str) -> dict[str, Any]:
         conditions = install.status(name).get("conditions") or []
