@@ -57,7 +57,7 @@ def uses_torchrun(spec: ModelOptimizationSpec, stage: str) -> bool:
 
 def gpus_per_pod(spec: ModelOptimizationSpec) -> int:
     """The nvidia.com/gpu one prune Pod asks for: one per process on its node."""
-    return procs_per_worker(spec) if spec.pruning.gpu else 0
+    return procs_per_worker(spec.pruning) if spec.pruning.gpu else 0
 
 
 def service_name(job: str) -> str:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kubeslim.api.spec import Masking, PruningSpec
+from kubeslim.data.sampler import ShareSampler
 from kubeslim.errors import SpecError
 from kubeslim.models import ddp, training
 from kubeslim.models.checkpoint import Checkpointer, Position, rng_state, set_rng_state
@@ -21,6 +22,7 @@ from kubeslim.pruning.graph import PRUNABLE, PruningGraph, build_graph, count
 from kubeslim.pruning.importance import Importance, importance_for
 from kubeslim.pruning.masks import SoftMasks
 from kubeslim.pruning.policy import counts_for, epochs_per_step, rate_flops, schedule
+from kubeslim.stages.distributed import procs_per_worker
 
 
 @dataclass
@@ -278,6 +280,30 @@ def _digests(model: nn.Module, masks: SoftMasks) -> dict[str, str]:
     }
 
 
+def _epoch_batches(loader: training.Batches, epoch: int, done: int) -> Any:
+    """The batches of an epoch that are left once `done` of them have been trained.
+
+    kubeslim's loaders start their sampler `done` batches in, in the same order, so a
+    resumed run reads none of the items it skips; any other loader's first batches are
+    read and dropped. The iterator is made here, before the caller restores the RNG
+    state: making it draws the loader's base seed, as it did when the epoch began.
+    """
+    sampler, batch_size = loader.sampler, loader.batch_size
+    unread = 0  # batches the sampler itself skips
+    if isinstance(sampler, ShareSampler) and batch_size is not None:
+        sampler.set_epoch(epoch, start=done * batch_size)
+        unread = done
+    elif (set_epoch := getattr(sampler, "set_epoch", None)) is not None:
+        set_epoch(epoch)  # torch's DistributedSampler: each epoch its own order
+    if not done:
+        return loader
+    remaining = len(loader) - (done - unread)  # before iter() ends the sampler's skip
+    batches = iter(loader)
+    for _ in range(done - unread):  # read and dropped: trained before the interruption
+        next(batches)
+    return _Resumed(batches, remaining)
+
+
 class _Resumed:
     """The rest of an epoch's batches after a resume skipped the ones already trained."""
 
@@ -316,8 +342,7 @@ class _Loop:
         self.teacher = teacher
         self.checkpoints = checkpoints
         self.position = Position()
-        procs = ddp.size() // pruner.spec.distributed.workers
-        self.meter = training.Throughput(processes_per_worker=max(1, procs))
+        self.meter = training.Throughput(processes_per_worker=procs_per_worker(pruner.spec))
         self._resume_rng: dict[str, Any] | None = None
         self._loader_state: torch.Tensor | None = None
 
@@ -349,16 +374,8 @@ class _Loop:
             generator.set_state(self._loader_state)
         self._loader_state = None
         epoch_start = generator.get_state() if generator is not None else None
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:  # a distributed sampler: each epoch its own order
-            set_epoch(index)
         done = self.position.batch if index == self.position.action else 0
-        batches: Any = loader
-        if done:
-            it = iter(loader)
-            for _ in range(done):  # the batches trained before the interruption
-                next(it)
-            batches = _Resumed(it, len(loader) - done)
+        batches = _epoch_batches(loader, index, done)
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
             self._resume_rng = None

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kubeslim.api.spec import ModelOptimizationSpec
+from kubeslim.api.spec import ModelOptimizationSpec, PruningSpec
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,14 @@ def current_rank(env: Mapping[str, str] | None = None) -> Rank:
     )
 
 
-def procs_per_worker(spec: ModelOptimizationSpec) -> int:
+def procs_per_worker(pruning: PruningSpec) -> int:
     """One process per GPU when the prune stage gets GPUs, else one per worker."""
-    return spec.pruning.distributed.gpus_per_worker if spec.pruning.gpu else 1
+    return pruning.distributed.gpus_per_worker if pruning.gpu else 1
 
 
 def world_size(spec: ModelOptimizationSpec) -> int:
     """Processes in the whole job."""
-    return spec.pruning.distributed.workers * procs_per_worker(spec)
+    return spec.pruning.distributed.workers * procs_per_worker(spec.pruning)
 
 
 def torchrun_command(
@@ -70,7 +70,7 @@ def torchrun_command(
     node_rank_expr: this node's rank as the command should carry it, e.g.
     "$(JOB_COMPLETION_INDEX)" (the kubelet expands it); required by the static
     rendezvous, which a Service IP that no Pod owns as its hostname needs.
-    nproc_per_node: processes on this node; procs_per_worker(spec) unless given.
+    nproc_per_node: processes on this node; procs_per_worker(spec.pruning) unless given.
     """
     if rdzv_backend not in ("c10d", "static"):
         raise ValueError(f"rdzv_backend: expected 'c10d' or 'static', got {rdzv_backend!r}")
@@ -81,7 +81,7 @@ def torchrun_command(
         "-m",
         "kubeslim.stages.torchrun",
         f"--nnodes={nnodes}",
-        f"--nproc-per-node={nproc_per_node or procs_per_worker(spec)}",
+        f"--nproc-per-node={nproc_per_node or procs_per_worker(spec.pruning)}",
     ]
     if node_rank_expr is not None:
         cmd.append(f"--node-rank={node_rank_expr}")
