@@ -28,6 +28,7 @@ from kubeslim.planner.search import (
     first_round,
     unpack_table,
 )
+from kubeslim.stages.distributed import world_size
 from kubeslim.stages.result import StageResult
 from kubeslim.store import ArtifactStore, open_store
 from kubeslim.store.refs import resolve
@@ -67,7 +68,7 @@ def run_search(
             if ran & {c.name for c in pending}:
                 raise KubeslimError(f"search: round {pending[0].round} repeats candidates")
             ran |= {c.name for c in pending}
-            _run_round(manifest, store, spec.search, pending, force, progress)
+            _run_round(manifest, store, spec, pending, force, progress)
             run = _run_select(manifest, store, force, progress)
             if run.code != 0:
                 progress.stop()
@@ -86,17 +87,21 @@ def run_search(
 def _run_round(
     manifest: str,
     store: ArtifactStore,
-    search: SearchSpec,
+    spec: ModelOptimizationSpec,
     round_: list[Candidate],
     force: bool,
     progress: Progress,
 ) -> None:
-    n = workers(search)
-    # Each child gets its share of the cores, so parallel candidates do not thrash.
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
+    assert spec.search is not None
+    n = workers(spec.search)
+    # Each process gets its share of the cores (a multi-worker prune runs world_size
+    # of them per candidate), so parallel candidates do not thrash.
+    share = (os.cpu_count() or 1) // (n * world_size(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, share))}
     with ThreadPoolExecutor(max_workers=n) as pool:
         jobs = [
-            pool.submit(_run_candidate, manifest, store, c, force, progress, env) for c in round_
+            pool.submit(_run_candidate, manifest, store, spec, c, force, progress, env)
+            for c in round_
         ]
         for job in jobs:
             job.result()
@@ -105,12 +110,15 @@ def _run_round(
 def _run_candidate(
     manifest: str,
     store: ArtifactStore,
+    spec: ModelOptimizationSpec,
     cand: Candidate,
     force: bool,
     progress: Progress,
     env: dict[str, str],
 ) -> None:
-    """prune, convert, quantize for one candidate; a failure leaves failed.json for select."""
+    """prune, convert, quantize for one candidate; a failure leaves failed.json for select.
+    Its prune runs as the spec's pruning.distributed says (torchrun for many processes),
+    as a plain run's does."""
     marker = f"{candidate_prefix(cand.name)}/failed.json"
     store.delete(marker)
     task = progress.add_task("", name=f"{cand.name} ({cand.target:g})", state="running",
@@ -118,7 +126,7 @@ def _run_candidate(
     for i, stage in enumerate(CANDIDATE_STAGES):
         progress.update(task, detail=stage)
         run = _run_child(stage, manifest, store.root, force, progress, task,
-                         extra=["--candidate", cand.name], env=env)  # fmt: skip
+                         extra=["--candidate", cand.name], env=env, spec=spec)  # fmt: skip
         if run.code != 0:
             store.write_json(marker, {"stage": stage, "error": _last_error(run)})
             progress.update(task, state="[red]failed[/]", detail=stage)

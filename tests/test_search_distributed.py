@@ -1,0 +1,82 @@
+"""Search candidates fine-tune on the spec's workers, as a plain run does: locally each
+candidate's prune runs under torchrun (gloo on the CPU); on a cluster each candidate's
+prune is an Indexed Job of that many Pods behind a rendezvous Service of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeslim.api.manifest import parse_spec
+from kubeslim.api.status import ModelOptimizationStatus
+from kubeslim.config import OperatorConfig
+from kubeslim.executors.distributed import LABEL_COMPLETION_INDEX
+from kubeslim.executors.job import Owner, build_job, build_service
+from kubeslim.planner import JobRequest, job_name
+from kubeslim.planner.search import candidate_shards
+from kubeslim.stages.pipeline import spec_fingerprints
+from tests.pipeline_helpers import kubeslim, manifest, write
+
+DISTRIBUTED = {"workers": 2, "backend": "gloo"}
+SEARCH = {"targets": [0.3, 0.5], "maxAccuracyDrop": 1.0, "parallelism": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_local_candidates_prune_on_two_gloo_processes(tmp_path: Path) -> None:
+    doc = manifest(
+        "digits-search-ddp",
+        search=SEARCH,
+        artifacts={"uri": str(tmp_path / "artifacts")},
+        pruning={
+            "schedule": {"steps": 1},
+            "fineTune": {"epochs": 1, "maxStepsPerEpoch": 4},
+            "distributed": DISTRIBUTED,
+        },
+        benchmark={"durationSeconds": 0.1, "rounds": 1},
+    )
+    run = kubeslim("run", str(write(tmp_path / "search.yaml", doc)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in ("t3000", "t5000"):
+        path = tmp_path / "artifacts" / "candidates" / name / "prune" / "result.json"
+        result: dict[str, Any] = json.loads(path.read_text())
+        assert result["metrics"]["worldSize"] == 2, name
+        assert result["metrics"]["masksIdenticalAcrossRanks"] is True
+        assert len(result["details"]["ranks"]) == 2
+
+
+def test_each_candidates_prune_job_is_an_indexed_group_with_its_own_service() -> None:
+    spec = parse_spec(
+        {
+            "model": {"architecture": "resnet18", "numClasses": 10, "inputShape": [1, 8, 8]},
+            "dataset": {"name": "digits"},
+            "artifacts": {"uri": "s3://bucket/runs/"},
+            "pruning": {"distributed": DISTRIBUTED},
+            "search": SEARCH,
+        }
+    )
+    owner = Owner(name="demo", namespace="team-a", uid="uid-1")
+    config = OperatorConfig(trainer_image="t:1", runtime_image="r:1")
+    fingerprint = spec_fingerprints(spec)["prune"]
+    shards = candidate_shards(spec, "prune", ModelOptimizationStatus())
+    assert shards == ("t3000", "t5000")
+    services = set()
+    for shard in shards:
+        name = job_name(owner.name, "prune", 1, shard=shard, fingerprint=fingerprint)
+        request = JobRequest("prune", name, fingerprint, 1, shard=shard)
+        job, service = build_job(spec, request, owner, config), build_service(spec, request, owner)
+        assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        command = " ".join(container["command"])
+        assert "kubeslim.stages.torchrun" in command and "--nnodes=2" in command
+        assert f"--candidate {shard}" in command
+        assert service is not None
+        assert service["spec"]["selector"] == {
+            "batch.kubernetes.io/job-name": name,
+            LABEL_COMPLETION_INDEX: "0",
+        }
+        services.add(service["metadata"]["name"])
+    assert len(services) == 2
