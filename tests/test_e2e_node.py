@@ -11,6 +11,7 @@ server refuses any operator or stage Pod that asks for more.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -255,6 +256,13 @@ def test_model_optimization_succeeds_with_s3_artifacts(install: Install) -> None
         assert fs.exists(key), f"{kind}: {uri} is not in the bucket ({sorted(stored)})"
     for stage in status["stages"]:
         assert stage["state"] == "Succeeded" and stage["resultUri"], stage
+    # The chart's rules as rendered (cluster scope) were enough: no denial on the way
+    # (kopf's APIForbiddenError, the client's "(403)", kopf's "Code: 403" for Events).
+    (operator,) = install.core.list_namespaced_pod(
+        install.namespace, label_selector="app.kubernetes.io/name=kubeslim"
+    ).items
+    log = install.cluster.pod_log(install.namespace, operator.metadata.name)
+    assert not re.search(r"[Ff]orbidden|\(403\)|Code: 403", log), log[-3000:]
 
 
 def test_bad_input_fails_the_stage_job_at_once_naming_the_field(install: Install) -> None:
