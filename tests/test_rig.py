@@ -93,7 +93,16 @@ def job(name: str, script: str, backoff_limit: int = 0, **pod_spec: Any) -> dict
         "metadata": {"name": name},
         "spec": {
             "backoffLimit": backoff_limit,
-            "template": {"spec": {"restartPolicy": "Never", "containers": [container], **pod_spec}},
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    # A script as a container's PID 1 ignores SIGTERM: a deleted Pod would
+                    # hold on for the default 30 s before the kubelet kills it.
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [container],
+                    **pod_spec,
+                }
+            },
         },
     }
 
@@ -472,6 +481,9 @@ def test_init_containers_sidecars_and_a_late_secret(k8s_cluster: Cluster, namesp
         "metadata": {"name": "staged"},
         "spec": {
             "restartPolicy": "Never",
+            # `sleep` as the sidecar's PID 1 ignores SIGTERM: stopping it once the main
+            # container ends would take the default 30 s.
+            "terminationGracePeriodSeconds": 1,
             "initContainers": [{**init, "image": IMAGE}, {**side, "image": IMAGE}],
             "containers": [{**main, "image": IMAGE}],
             "volumes": [{"name": "shared", "emptyDir": {}}],
