@@ -11,7 +11,7 @@ STAMP := $(VENV)/.kubeslim-installed
 PYTEST_ARGS ?=
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: quickstart test test-real-node images lint crd install system-deps data-deps cluster-tools clean
+.PHONY: quickstart test test-cluster test-local images lint crd install system-deps data-deps cluster-tools clean
 
 # --- environment -----------------------------------------------------------
 $(STAMP): pyproject.toml
@@ -56,10 +56,21 @@ quickstart: $(STAMP) data-deps
 	$(VENV)/bin/kubeslim train examples/quickstart.yaml --epochs 2 --lr 0.1 --if-missing
 	$(VENV)/bin/kubeslim run examples/quickstart.yaml
 
-# The whole suite, the cluster tests on the simulated node (docs/testing-cluster.md);
-# CI then runs the real node's tests (`make test-real-node`, below).
+# Every test, the cluster tests on the real node (root; Pods in the project's images, which
+# `images` builds first; docs/testing-cluster.md). Two pytest sessions side by side: the
+# cluster tests mostly wait on Pods and operators while the others keep the cores busy
+# training and converting; each prints its own report when it ends, and either failing
+# fails `make test` (exit 5, "no tests collected", is a pass: PYTEST_ARGS may select one
+# half only). `pytest --node=fake` runs the cluster tests on the simulated node: no root,
+# no images, a quick loop.
 test: $(STAMP) system-deps cluster-tools images
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-cluster test-local
+
+test-cluster: $(STAMP)
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS) || [ $$? = 5 ]
+
+test-local: $(STAMP)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS) || [ $$? = 5 ]
 
 # The operator, runtime and trainer images, built with podman on a Debian base made with
 # mmdebstrap, tagged by a hash of their inputs: a warm run rebuilds nothing (docs/images.md).
@@ -67,13 +78,6 @@ test: $(STAMP) system-deps cluster-tools images
 # cluster-tools images` builds the images while pip fills the venv and Go compiles.
 images: system-deps
 	$(PYTHON) -m tests.images.build
-
-# The real node's own tests, the rig's tests on it, and the end-to-end tests through the
-# chart with the project's images (root; docs/testing-cluster.md). `pytest --node=real
-# -m cluster` runs every cluster test there (tests/test_e2e_distributed.py among them).
-REAL_NODE_TESTS ?= tests/test_real_node.py tests/test_rig.py tests/test_e2e_node.py tests/test_e2e_upgrade.py
-test-real-node: $(STAMP) system-deps cluster-tools images
-	$(PY) -m pytest --node=real $(REAL_NODE_TESTS) $(PYTEST_ARGS)
 
 # --- development -----------------------------------------------------------
 lint: $(STAMP)

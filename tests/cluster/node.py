@@ -114,7 +114,10 @@ class RealNode:
         the host's state and make the bridge the node's address lives on."""
         missing = missing_host_tools()
         if missing:
-            raise RigError(f"a real node needs: {', '.join(missing)} (see `make system-deps`)")
+            raise RigError(
+                f"a real node needs: {', '.join(missing)} (see `make system-deps`); "
+                "--node=fake runs the cluster tests on the simulated node"
+            )
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(hoststate.host_lock())
         for line in hoststate.undo_leftovers():

@@ -1,11 +1,12 @@
 """pytest plugin: the `k8s_cluster` fixture and its options.
 
 Without options the session starts the rig (tests/cluster/rig.py) the first
-time a test asks for `k8s_cluster` and stops it at the end; its node is the
-fake kubelet (Pods run as local processes of the checkout, images ignored; no
-root needed). `--node=real` (CI, `make test-real-node`) gives the rig a real
-node instead (tests/cluster/node.py: containerd, kubelet, kube-proxy,
-kube-scheduler; Pods run their images; needs root). There the project's images
+time a test asks for `k8s_cluster` and stops it at the end; its node is a real
+node (tests/cluster/node.py: containerd, kubelet, kube-proxy, kube-scheduler;
+Pods run their images; needs root), as in `make test` and CI. `--node=fake`
+(or KUBESLIM_TEST_NODE=fake) gives it the fake kubelet instead (Pods run as
+local processes of the checkout, images ignored; no root needed): a
+developer's quick loop. On the real node the project's images
 (tests/images/build.py, cached by input hash) are built and imported on first
 use: `project_image(s)` for the operator, runtime and trainer images
 (`--node-images=KINDS` narrows them, `--node-images=` skips the tests that need
@@ -49,9 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--node",
         action="store",
         choices=("fake", "real"),
-        default=os.environ.get("KUBESLIM_TEST_NODE", "fake"),
-        help="the test control plane's node: fake (Pods as local processes, the default) or "
-        "real (containerd + kubelet; needs root, runc and the CNI plugins; what CI runs)",
+        default=os.environ.get("KUBESLIM_TEST_NODE", "real"),
+        help="the test control plane's node: real (containerd + kubelet; needs root, runc and "
+        "the CNI plugins; the default, what make test and CI run) or fake (Pods as local "
+        "processes of the checkout, images ignored, no root: a quick loop)",
     )
     parser.addoption(
         "--node-images",

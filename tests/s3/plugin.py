@@ -83,8 +83,9 @@ def s3_server(
 ) -> Iterator[S3Server]:
     """The session's S3 server: external if KUBESLIM_TEST_S3_ENDPOINT is set, else radosgw.
 
-    With the rig's real node (--node=real) radosgw listens on the node's bridge
-    address instead of loopback, so that Pods reach it too (the node starts first).
+    With the rig's real node (--node=real, the default) and cluster tests in the session,
+    radosgw listens on the node's bridge address instead of loopback, so that Pods reach
+    it too (the node starts first).
     """
     external = os.environ.get("KUBESLIM_TEST_S3_ENDPOINT")
     if external:
@@ -131,9 +132,12 @@ def _start_with_retry(
 
 
 def _listen_address(request: pytest.FixtureRequest) -> str:
-    """Loopback, or the real node's bridge address once that node runs."""
+    """Loopback, or the real node's bridge address once that node runs: only when the
+    session has cluster tests (whose Pods may read S3), so S3 tests alone start no node."""
     config = request.config
     if config.getoption("--node", None) != "real" or config.getoption("--kubeconfig", None):
+        return "127.0.0.1"
+    if not any(item.get_closest_marker("cluster") for item in request.session.items):
         return "127.0.0.1"
     from tests.cluster.node import NODE_IP
 
