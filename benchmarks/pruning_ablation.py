@@ -94,6 +94,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "fpgm-kd": {"masking": "hard", "distillation": 0.5},
     "fpgm-soft-kd": {"masking": "soft", "distillation": 0.5},
     "tp-fpgm-kd": {"masking": "hard", "importance": "tp-fpgm", "distillation": 0.5},
+    # roundTo 8 (default 16): a 16-block is half of a 32-channel mobilenet_v2 layer
+    "tp-fpgm-round8": {"masking": "hard", "importance": "tp-fpgm", "roundTo": 8},
 }
 REFERENCE = "fpgm"
 
@@ -257,25 +259,50 @@ def prune_one(
     }
 
 
+# kubeslim configuration -> the NNCF 2.19 run it is paired with (same distillation)
+PEERS = {
+    "tp-fpgm": "nncf219",
+    "tp-fpgm-round8": "nncf219",
+    "fpgm": "nncf219",
+    "tp-fpgm-kd": "nncf219-kd",
+    "fpgm-kd": "nncf219-kd",
+}
+
+
 def paired(rows: list[dict[str, Any]], reference: str) -> dict[str, Any]:
     """Per configuration: mean accuracy, and mean/min/max/stdev of its per-seed
     difference against the reference (points)."""
     by = {(r["config"], r["seed"]): r["accuracy"] for r in rows}
     out: dict[str, Any] = {}
     for config in dict.fromkeys(r["config"] for r in rows):
-        seeds = [s for (c, s) in by if c == config]
-        accs = [by[(config, s)] for s in seeds]
+        accs = [a for (c, _), a in by.items() if c == config]
         entry: dict[str, Any] = {"n": len(accs), "accuracyMean": round(statistics.mean(accs), 5)}
-        diffs = [
-            100 * (by[(config, s)] - by[(reference, s)]) for s in seeds if (reference, s) in by
-        ]
-        if diffs and config != reference:
-            entry["vs"] = reference
-            entry["diffPoints"] = [round(d, 2) for d in diffs]
-            entry["diffMean"] = round(statistics.mean(diffs), 3)
-            entry["diffStdev"] = round(statistics.stdev(diffs), 3) if len(diffs) > 1 else None
+        if config != reference:
+            entry.update(difference(by, config, reference))
         out[config] = entry
     return out
+
+
+def difference(by: dict[tuple[str, int], float], config: str, other: str) -> dict[str, Any]:
+    """config minus other, seed by seed (points), over the seeds both ran."""
+    diffs = [
+        100 * (a - by[(other, s)]) for (c, s), a in by.items() if c == config and (other, s) in by
+    ]
+    if not diffs:
+        return {}
+    return {
+        "vs": other,
+        "diffPoints": [round(d, 2) for d in diffs],
+        "diffMean": round(statistics.mean(diffs), 3),
+        "diffStdev": round(statistics.stdev(diffs), 3) if len(diffs) > 1 else None,
+    }
+
+
+def against_nncf(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each kubeslim configuration against NNCF 2.19 with the same distillation."""
+    by = {(r["config"], r["seed"]): r["accuracy"] for r in rows}
+    pairs = {config: difference(by, config, peer) for config, peer in PEERS.items()}
+    return {config: d for config, d in pairs.items() if d}
 
 
 def nncf_rows(budget_name: str, model: str, seeds: list[int]) -> list[dict[str, Any]]:
@@ -343,6 +370,7 @@ def main() -> int:
             save(args.output, result)
     result["runs"] += nncf_rows(args.budget, args.model, args.seeds)
     result["summary"] = paired(result["runs"], args.reference)
+    result["againstNncf"] = against_nncf(result["runs"])
     save(args.output, result)
     print(json.dumps(result["summary"], indent=1))
     return 0
