@@ -96,6 +96,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tp-fpgm-kd": {"masking": "hard", "importance": "tp-fpgm", "distillation": 0.5},
     # roundTo 8 (default 16): a 16-block is half of a 32-channel mobilenet_v2 layer
     "tp-fpgm-round8": {"masking": "hard", "importance": "tp-fpgm", "roundTo": 8},
+    "tp-fpgm-round8-kd": {
+        "masking": "hard",
+        "importance": "tp-fpgm",
+        "roundTo": 8,
+        "distillation": 0.5,
+    },
 }
 REFERENCE = "fpgm"
 
@@ -265,6 +271,7 @@ PEERS = {
     "tp-fpgm-round8": "nncf219",
     "fpgm": "nncf219",
     "tp-fpgm-kd": "nncf219-kd",
+    "tp-fpgm-round8-kd": "nncf219-kd",
     "fpgm-kd": "nncf219-kd",
 }
 
