@@ -37,27 +37,38 @@ from tests.test_e2e_node import Install, install  # noqa: F401  (the chart, inst
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.s3]
 
 RUN_TIMEOUT_S = 1200.0
-# Accuracy on digits' test split (360 images) after a short fine-tune: two runs that
-# differ only in data order (ranks read interleaved shares) land within a few points;
-# 8 points is about three standard deviations of the difference at 80% accuracy.
+# Accuracy on digits' test split (360 images) after this fine-tune: 1 and 2 workers of
+# the same spec (they differ in data order: ranks read interleaved shares) ended 0.3,
+# 3.6, 0.6 and 0.3 points apart at about 96% over dataset seeds 0-3 (`kubeslim run`,
+# 30 Nov); 8 points is about four standard deviations of that difference.
 NOISE = 0.08
 BATCH = 32  # per process
 LEARNING_RATE = 0.01  # per process batch; kubeslim multiplies it by the world size
 
 
 def spec(workers: int, checkpoint_every: int = 4) -> dict[str, Any]:
-    """digits, resnet18 (small stem), one pruning step, two short epochs, checkpoints
-    every few steps; the same global batch and learning rate for any number of workers.
-    Runs that should not share stage outputs through the artifacts' shared cache differ
-    in their fingerprints (the checkpoint interval is one of the prune stage's inputs)."""
+    """digits, the quickstart's compact CNN (digits upscaled to 16x16), one pruning step,
+    two short epochs, checkpoints every few steps; the same global batch and learning
+    rate for any number of workers. Runs that should not share stage outputs through the
+    artifacts' shared cache differ in their fingerprints (the checkpoint interval is one
+    of the prune stage's inputs).
+
+    Not resnet18: its checkpoint (weights and momentum) is 90 MB, every few steps of
+    every run, and the S3 server frees an overwritten object's space only at its garbage
+    collection, hours later; its 2 GiB in memory filled and hung every request."""
     return {
         "model": {
-            "architecture": "resnet18",
+            "entryPoint": "kubeslim.models.compact:compact_resnet",
             "numClasses": 10,
-            "inputShape": [1, 8, 8],
-            "stem": "small",
+            "inputShape": [1, 16, 16],
         },
-        "dataset": {"name": "digits", "calibrationSize": 64, "loaderWorkers": 0},
+        "dataset": {
+            "name": "digits",
+            "mean": [0.3],
+            "std": [0.4],
+            "calibrationSize": 64,
+            "loaderWorkers": 0,
+        },
         "pruning": {
             "target": {"filterRate": 0.3},
             "schedule": {"steps": 1},
@@ -147,15 +158,10 @@ def test_workers_meet_at_the_service_and_a_lost_worker_restarts_the_group(
             raise
 
     with k8s_cluster.scratch_namespace("rdzv") as namespace:
+        # Both groups at once (their Pods start together); "lose" runs 30 s, 25 s of
+        # them after the "step 20" that the kill waits for.
         k8s_cluster.apply(_all_reduce_group(image, namespace, "meet", steps=8), namespace)
-        wait_for("meet", lambda: _finished(batch, namespace, "meet"), RUN_TIMEOUT_S)
-        assert _finished(batch, namespace, "meet") == "Complete"
-        service_ip = core.read_namespaced_service("meet", namespace).spec.cluster_ip
-        for index in ("0", "1"):
-            (pod,) = pods("meet", index)
-            assert f"rendezvous {index} {service_ip}" in log(pod)
-
-        k8s_cluster.apply(_all_reduce_group(image, namespace, "lose", steps=240), namespace)
+        k8s_cluster.apply(_all_reduce_group(image, namespace, "lose", steps=120), namespace)
         wait_for(
             "the group to all-reduce",
             lambda: any("step 20" in log(p) for p in pods("lose", "0")),
@@ -163,6 +169,14 @@ def test_workers_meet_at_the_service_and_a_lost_worker_restarts_the_group(
         )
         (victim,) = pods("lose", "1")
         core.delete_namespaced_pod(victim.metadata.name, namespace, grace_period_seconds=0)
+
+        wait_for("meet", lambda: _finished(batch, namespace, "meet"), RUN_TIMEOUT_S)
+        assert _finished(batch, namespace, "meet") == "Complete"
+        service_ip = core.read_namespaced_service("meet", namespace).spec.cluster_ip
+        for index in ("0", "1"):
+            (pod,) = pods("meet", index)
+            assert f"rendezvous {index} {service_ip}" in log(pod)
+
         wait_for("lose", lambda: _finished(batch, namespace, "lose"), RUN_TIMEOUT_S)
         status = batch.read_namespaced_job("lose", namespace).status
         # Pod 0's all-reduce failed with its peer gone; both indexes ran again, together.
@@ -210,32 +224,49 @@ def runs(install: Install) -> Iterator[Runs]:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(runs: Runs) -> dict[str, dict[str, Any]]:
-    """One worker and two workers on the same data, global batch and learning rate,
-    run side by side: their prune results and final status."""
+def finished(runs: Runs) -> dict[str, dict[str, Any]]:
+    """Three runs side by side (their Pods start and wait together): one worker and two
+    workers on the same data, global batch and learning rate, and two workers whose
+    index-1 Pod is deleted once the run has a checkpoint. Each one's prune result and
+    final status."""
     runs.create("solo", spec(1))
     runs.create("pair", spec(2))
-    out = {}
-    for name in ("pair", "solo"):
-        out[name] = {"status": runs.finish(name), "result": runs.prune_result(name)}
-    return out
+    runs.create("killed", spec(2, checkpoint_every=3))
+    wait_for(
+        "a checkpoint of the killed run",
+        lambda: bool(runs.checkpoints("killed")),
+        RUN_TIMEOUT_S,
+        interval=1.0,
+    )
+    (victim,) = [
+        p
+        for p in runs.worker_pods("killed")
+        if p.metadata.labels[LABEL_COMPLETION_INDEX] == "1" and p.status.phase == "Running"
+    ]
+    runs.i.core.delete_namespaced_pod(
+        victim.metadata.name, runs.i.namespace, grace_period_seconds=0
+    )
+    return {
+        name: {"status": runs.finish(name), "result": runs.prune_result(name)}
+        for name in ("pair", "solo", "killed")
+    }
 
 
 def _masks(result: dict[str, Any]) -> set[str]:
     return {r["masks"] for r in result["details"]["ranks"]}
 
 
-def test_two_workers_agree_with_one(runs: Runs, uninterrupted: dict[str, Any]) -> None:
-    pair, solo = uninterrupted["pair"], uninterrupted["solo"]
+def test_two_workers_agree_with_one(runs: Runs, finished: dict[str, Any]) -> None:
+    pair, solo = finished["pair"], finished["solo"]
     metrics = pair["result"]["metrics"]
     assert metrics["worldSize"] == 2 and metrics["masksIdenticalAcrossRanks"] is True
     assert len(_masks(pair["result"])) == 1 and len(pair["result"]["details"]["ranks"]) == 2
     assert solo["result"]["metrics"]["worldSize"] == 1
-    # Mask selection ran once on the same pretrained weights: the same channels go.
+    # Mask selection ran once on the same initial weights: the same channels go.
     assert _masks(pair["result"]) == _masks(solo["result"])
     accuracy, reference = metrics["accuracyAfter"], solo["result"]["metrics"]["accuracyAfter"]
     assert abs(accuracy - reference) <= NOISE, (accuracy, reference)
-    assert accuracy > 0.3  # ten classes: well above chance
+    assert accuracy > 0.8  # ten classes: it learnt (about 0.96 in the runs above)
     # The operator ran it as one Indexed Job of two Pods behind a rendezvous Service.
     (prune,) = [j for j in pair["status"]["jobs"] if j["stage"] == "prune"]
     assert prune["workers"] == 2 and prune["succeeded"] == 2
@@ -246,29 +277,16 @@ def test_two_workers_agree_with_one(runs: Runs, uninterrupted: dict[str, Any]) -
 
 
 def test_killing_a_worker_mid_epoch_resumes_from_the_checkpoint(
-    runs: Runs, uninterrupted: dict[str, Any]
+    finished: dict[str, Any],
 ) -> None:
-    runs.create("killed", spec(2, checkpoint_every=3))
-    wait_for(
-        "a checkpoint of the killed run",
-        lambda: bool(runs.checkpoints("killed")),
-        RUN_TIMEOUT_S,
-        interval=2.0,
-    )
-    (victim,) = [
-        p
-        for p in runs.worker_pods("killed")
-        if p.metadata.labels[LABEL_COMPLETION_INDEX] == "1" and p.status.phase == "Running"
-    ]
-    runs.i.core.delete_namespaced_pod(
-        victim.metadata.name, runs.i.namespace, grace_period_seconds=0
-    )
-    runs.finish("killed")
-    result = runs.prune_result("killed")
-    metrics = result["metrics"]
+    killed = finished["killed"]
+    result, metrics = killed["result"], killed["result"]["metrics"]
+    # The group failed and ran again: the deleted Pod and its peer, whose all-reduce broke.
+    (prune,) = [j for j in killed["status"]["jobs"] if j["stage"] == "prune"]
+    assert prune["failed"] >= 2 and prune["succeeded"] == 2, prune
     assert metrics["resumedFromStep"], metrics  # the restarted group did not start over
     assert metrics["masksIdenticalAcrossRanks"] is True
-    reference = uninterrupted["pair"]["result"]
+    reference = finished["pair"]["result"]
     assert _masks(result) == _masks(reference)
     accuracy, expected = metrics["accuracyAfter"], reference["metrics"]["accuracyAfter"]
     assert abs(accuracy - expected) <= NOISE, (accuracy, expected)
