@@ -5,6 +5,7 @@ prune is an Indexed Job of that many Pods behind a rendezvous Service of its own
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,15 @@ import pytest
 from kubeslim.api.manifest import parse_spec
 from kubeslim.api.status import ModelOptimizationStatus
 from kubeslim.config import OperatorConfig
-from kubeslim.executors.distributed import LABEL_COMPLETION_INDEX
+from kubeslim.constants import KIND
+from kubeslim.executors.distributed import LABEL_COMPLETION_INDEX, LABEL_JOB_NAME, service_name
 from kubeslim.executors.job import Owner, build_job, build_service
 from kubeslim.planner import JobRequest, job_name
 from kubeslim.planner.search import candidate_shards
 from kubeslim.stages.pipeline import spec_fingerprints
+from tests.cluster.plugin import StandIn
 from tests.pipeline_helpers import kubeslim, manifest, write
+from tests.test_operator_cluster import CRD_FILE, SPEC, Env, _wait
 
 DISTRIBUTED = {"workers": 2, "backend": "gloo"}
 SEARCH = {"targets": [0.3, 0.5], "maxAccuracyDrop": 1.0, "parallelism": 2}
@@ -75,8 +79,46 @@ def test_each_candidates_prune_job_is_an_indexed_group_with_its_own_service() ->
         assert f"--candidate {shard}" in command
         assert service is not None
         assert service["spec"]["selector"] == {
-            "batch.kubernetes.io/job-name": name,
+            LABEL_JOB_NAME: name,
             LABEL_COMPLETION_INDEX: "0",
         }
         services.add(service["metadata"]["name"])
     assert len(services) == 2
+
+
+@pytest.fixture(scope="module")
+def env(k8s_cluster: Any, standin_stage: StandIn) -> Iterator[Env]:
+    k8s_cluster.apply(CRD_FILE)
+    namespace = "mopt-search-ddp"
+    k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    environment = Env(k8s_cluster, namespace, standin_stage)
+    environment.start_operator()
+    try:
+        yield environment
+    finally:
+        environment.stop_operator()
+
+
+@pytest.mark.cluster
+def test_the_operator_makes_each_candidates_prune_an_indexed_job_with_a_service(env: Env) -> None:
+    """What the operator creates; the Pods themselves need the trainer image's torchrun
+    (tests/test_e2e_distributed.py runs a real 2-worker prune on the real node)."""
+    env.create("dsearch", {**SPEC, "pruning": {"distributed": DISTRIBUTED}, "search": SEARCH}, {})
+    selector = "kubeslim.dev/modeloptimization=dsearch,kubeslim.dev/stage=prune"
+
+    def prune_jobs() -> list[Any]:
+        return list(env.batch.list_namespaced_job(env.namespace, label_selector=selector).items)
+
+    _wait("both candidates' prune Jobs", lambda: len(prune_jobs()) == 2, env.operator)
+    shards = set()
+    for job in prune_jobs():
+        assert job.spec.completion_mode == "Indexed" and job.spec.completions == 2
+        service = env.core.read_namespaced_service(service_name(job.metadata.name), env.namespace)
+        assert service.spec.selector == {
+            LABEL_JOB_NAME: job.metadata.name,
+            LABEL_COMPLETION_INDEX: "0",
+        }
+        assert service.metadata.owner_references[0].kind == KIND
+        shards.add(job.metadata.annotations["kubeslim.dev/shard"])
+    assert shards == {"t3000", "t5000"}
+    env.delete("dsearch")
