@@ -5,7 +5,6 @@ prune is an Indexed Job of that many Pods behind a rendezvous Service of its own
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ from kubeslim.executors.job import Owner, build_job, build_service
 from kubeslim.planner import JobRequest, job_name
 from kubeslim.planner.search import candidate_shards
 from kubeslim.stages.pipeline import spec_fingerprints
-from tests.cluster.plugin import StandIn
 from tests.pipeline_helpers import kubeslim, manifest, write
-from tests.test_operator_cluster import CRD_FILE, SPEC, Env, _wait
+from tests.test_operator_cluster import SPEC, Env, _wait
+from tests.test_search_cluster import env  # noqa: F401  (the operator on the control plane)
 
 DISTRIBUTED = {"workers": 2, "backend": "gloo"}
 SEARCH = {"targets": [0.3, 0.5], "maxAccuracyDrop": 1.0, "parallelism": 2}
@@ -86,21 +85,10 @@ def test_each_candidates_prune_job_is_an_indexed_group_with_its_own_service() ->
     assert len(services) == 2
 
 
-@pytest.fixture(scope="module")
-def env(k8s_cluster: Any, standin_stage: StandIn) -> Iterator[Env]:
-    k8s_cluster.apply(CRD_FILE)
-    namespace = "mopt-search-ddp"
-    k8s_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    environment = Env(k8s_cluster, namespace, standin_stage)
-    environment.start_operator()
-    try:
-        yield environment
-    finally:
-        environment.stop_operator()
-
-
 @pytest.mark.cluster
-def test_the_operator_makes_each_candidates_prune_an_indexed_job_with_a_service(env: Env) -> None:
+def test_the_operator_makes_each_candidates_prune_an_indexed_job_with_a_service(
+    env: Env,  # noqa: F811
+) -> None:
     """What the operator creates; the Pods themselves need the trainer image's torchrun
     (tests/test_e2e_distributed.py runs a real 2-worker prune on the real node)."""
     env.create("dsearch", {**SPEC, "pruning": {"distributed": DISTRIBUTED}, "search": SEARCH}, {})
