@@ -213,11 +213,12 @@ def install(
         namespace=namespace,
     )
     wait = ["--wait", "--timeout", f"{int(OPERATOR_TIMEOUT_S)}s"]
-    helm("install", RELEASE, str(CHART), "--kubeconfig", kubeconfig, "--namespace", namespace,
-         *_chart_values(project_images), *wait)  # fmt: skip
-    installed = Install(k8s_cluster, namespace, s3_server.create_bucket(), s3_server)
+    # The release is uninstalled whatever fails, a failed install included: its operator
+    # serves every namespace and would take up the next modules' resources.
     try:
-        yield installed
+        helm("install", RELEASE, str(CHART), "--kubeconfig", kubeconfig, "--namespace",
+             namespace, *_chart_values(project_images), *wait)  # fmt: skip
+        yield Install(k8s_cluster, namespace, s3_server.create_bucket(), s3_server)
     finally:
         helm("uninstall", RELEASE, "--kubeconfig", kubeconfig, "--namespace", namespace,
              "--wait", check=False)  # fmt: skip
