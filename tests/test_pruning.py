@@ -306,3 +306,63 @@ def test_soft_masking_ends_with_a_model_equal_to_its_removal() -> None:
     with torch.no_grad():
         assert torch.allclose(pruned.eval()(x), soft, atol=1e-5)
     assert report.flops_after < 0.3 * report.flops_before  # type: ignore[attr-defined]
+
+
+def _batch_statistics(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple]:
+    """Each BatchNorm input's per-channel mean and unbiased variance, averaged over the
+    batches, from train-mode forward passes of a copy (what re-estimation must give)."""
+    probe = copy.deepcopy(model).train()
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def record(name: str) -> object:
+        def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0]
+            seen.setdefault(name, []).append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)))
+
+        return hook
+
+    for name, m in probe.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_pre_hook(record(name))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for x in batches:
+            probe(x)
+    return {
+        name: (torch.stack([m for m, _ in s]).mean(0), torch.stack([v for _, v in s]).mean(0))
+        for name, s in seen.items()
+    }
+
+
+@pytest.mark.parametrize("recalibration", [40, 0])
+def test_batch_norm_statistics_are_re_estimated_on_the_final_weights(recalibration: int) -> None:
+    """Issue 11 (RESULTS.md 5b): after fine-tuning, every BatchNorm's running statistics
+    are the average of its batch statistics under the final, pruned weights (here over
+    the loader's 2 batches, fewer than the 40 asked); with 0 they stay the running
+    averages fine-tuning left."""
+    torch.manual_seed(0)
+    model = CompactResNet(10, 1)
+    _randomize_bn(model)
+    spec = PruningSpec.model_validate(
+        {
+            "target": {"filterRate": 0.5},
+            "schedule": {"steps": 2},
+            "fineTune": {"epochs": 2, "batchNormRecalibration": recalibration},
+        }
+    )
+    images = (torch.rand(16, 1, 28, 28) * 255).to(torch.uint8)
+    data = DataLoader(TensorDataset(images, torch.randint(0, 10, (16,))), batch_size=8)
+    preprocess = lambda t: t.float() / 255  # noqa: E731
+    pruned, report = Pruner(spec, Reporter("none")).run(
+        model, torch.randn(2, 1, 28, 28), 10, FineTuneData(data, preprocess, torch.device("cpu"))
+    )
+    assert report.batch_norm_recalibration == (2 if recalibration else 0)
+    expected = _batch_statistics(pruned, [preprocess(x) for x, _ in data])
+    norms = {n: m for n, m in pruned.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert norms.keys() == expected.keys()
+    matches = [
+        torch.allclose(norms[n].running_mean, mean, atol=1e-4)
+        and torch.allclose(norms[n].running_var, var, rtol=1e-3, atol=1e-4)
+        for n, (mean, var) in expected.items()
+    ]
+    assert all(matches) if recalibration else not any(matches), matches
+    assert all(m.momentum == 0.1 for m in norms.values())  # training settings restored

@@ -393,6 +393,14 @@ class FineTune(ApiModel):
         ge=1,
         description="maxStepsPerEpoch caps the batches of one epoch; empty uses all.",
     )
+    batch_norm_recalibration: int = Field(
+        default=40,
+        ge=0,
+        le=100_000,
+        description="batchNormRecalibration: training batches (per process) whose forward "
+        "passes re-estimate every BatchNorm's running statistics once fine-tuning ends "
+        "(no gradients; weights unchanged); 0 keeps the statistics fine-tuning left.",
+    )
     checkpoint_every_steps: int | None = Field(
         default=None,
         ge=1,

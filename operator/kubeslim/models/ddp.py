@@ -97,6 +97,17 @@ def total(values: list[float]) -> list[float]:
     return [float(v) for v in t]
 
 
+def average_buffers(model: nn.Module) -> None:
+    """Every floating-point buffer (BatchNorm's running statistics) averaged over the
+    ranks in place, so each rank holds the same model."""
+    if not active():
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= dist.get_world_size()
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -191,3 +192,37 @@ def count_correct(
         correct += int((pred == labels).sum())
         seen += len(labels)
     return correct, seen
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    limit: int,
+) -> int:
+    """Re-estimate every BatchNorm's running statistics from `limit` batches, as a plain
+    average over them (momentum None) of train-mode forward passes; weights unchanged.
+
+    Returns the batches used; with none, the statistics are left as they were.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    inputs = iter(itertools.islice(batches, limit))
+    first = next(inputs, None)
+    if not norms or first is None:
+        return 0
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    was_training = model.training
+    model.train()
+    used = 0
+    for images, _ in itertools.chain([first], inputs):
+        model(preprocess(images).to(device))
+        used += 1
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+    model.train(was_training)
+    return used

@@ -125,5 +125,6 @@ def _metrics(
         "worldSize": rank.world_size,
         "masksIdenticalAcrossRanks": len({r["masks"] for r in report.ranks}) == 1,
         "resumedFromStep": report.resumed_from_step,
+        "batchNormRecalibrationBatches": report.batch_norm_recalibration,
         **report.throughput,
     }
