@@ -225,9 +225,16 @@ keyring = {d}/keyring
 mon data = {d}/mon/$id
 osd data = {d}/osd/$id
 rgw data = {d}/rgw
-# Objects live in the OSD's memory: nothing to format, gone at exit.
+# Objects live in the OSD's memory: nothing to format, gone at exit. Memory is taken
+# as objects are written, up to this size.
 osd objectstore = memstore
-memstore device bytes = 2147483648
+memstore device bytes = 6442450944
+# radosgw frees overwritten and deleted objects only at its garbage collection, by
+# default 2 hours later: a session rewriting checkpoints filled 2 GiB that way, the OSD
+# went full and every request hung. Collect after 30 s instead.
+rgw gc obj min wait = 30
+rgw gc processor period = 30
+rgw gc processor max time = 30
 # One OSD: pools of one replica, few placement groups, no health nagging.
 osd pool default size = 1
 osd pool default min size = 1
