@@ -132,7 +132,10 @@ def test_the_baseline_ir_is_exported_once_for_all_candidates(
         json.loads(p.read_text())["metrics"]
         for p in sorted(artifacts.glob("candidates/*/convert/result.json"))
     ]
-    assert len(converts) == 4  # three targets and one refinement
+    # every candidate: the three targets, and a refinement when the first round had
+    # targets on both sides of the budget (with BatchNorm re-estimated, all three can fit)
+    candidates = select_result(tmp)["details"]["candidates"]
+    assert len(converts) == len(candidates) >= 3
     assert [m["baselineReused"] for m in converts].count(False) == 1
     assert len({m["baselineHash"] for m in converts}) == 1
     # one entry in the shared cache, one copy in the search root, none per candidate
